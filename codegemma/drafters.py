@@ -1,0 +1,141 @@
+"""Drafters propose the next few tokens cheaply; the verifier in `generate.py` decides what to keep.
+
+A drafter never touches the target model's cache. `propose` returns draft ids and, for drafters that sample,
+their probabilities (None means each draft token was proposed with certainty, a point mass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from codegemma.model import Transformer
+from codegemma.prompt_cache import common_prefix
+from codegemma.sampling import Sampler
+
+
+class Drafter(Protocol):
+    def reset(self, prompt: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None: ...
+    def propose(self, tokens: Sequence[int], k: int) -> tuple[list[int], Tensor | None]: ...
+    def feedback(self, drafted: int, accepted: int) -> None: ...
+
+
+class AdaptiveLength:
+    """Draft length that follows the recent acceptance rate: long drafts only while they pay off."""
+
+    def __init__(self, max_k: int, min_k: int = 1):
+        self.max_k, self.min_k = max_k, min_k
+        self.k = max_k
+
+    def update(self, drafted: int, accepted: int) -> None:
+        if drafted == 0:
+            return
+        if accepted == drafted:
+            self.k = min(self.max_k, self.k * 2)
+        elif accepted * 2 < drafted:
+            self.k = max(self.min_k, accepted + 1)
+
+
+class NGramDrafter:
+    """Prompt lookup: find the latest earlier occurrence of the last n tokens and propose what followed it.
+
+    Code completion copies: names, argument lists and whole lines from the prefix, the suffix, other files
+    and what it wrote itself. Drafts only on a match of at least `min_n` tokens (a 1-token match over a
+    262k vocabulary is noise) and adapts the draft length to how well the recent drafts were accepted.
+    """
+
+    def __init__(self, max_n: int = 4, min_n: int = 2, max_k: int = 8):
+        self.max_n, self.min_n = max_n, min_n
+        self.length = AdaptiveLength(max_k)
+        self.reset([])
+
+    def reset(self, prompt: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
+        self.length = AdaptiveLength(self.length.max_k)
+        self.corpus: list[int] = []
+        self.index: dict[tuple[int, ...], int] = {}  # n-gram -> position just after its latest occurrence
+        # extra sources (e.g. the suffix of a left-to-right prompt) go first, so the live text wins ties;
+        # -1 separates them so that no n-gram spans two sources
+        for src in sources:
+            self._extend([*src, -1])
+        self.base = len(self.corpus)
+        self._extend(list(prompt))
+
+    def _extend(self, tokens: list[int]) -> None:
+        old = len(self.corpus)
+        self.corpus.extend(tokens)
+        # an n-gram ending at `end` is indexed once its continuation corpus[end] exists
+        for end in range(max(old, 1), len(self.corpus)):
+            for n in range(self.min_n, min(self.max_n, end) + 1):
+                self.index[tuple(self.corpus[end - n:end])] = end
+
+    def propose(self, tokens: Sequence[int], k: int) -> tuple[list[int], Tensor | None]:
+        """tokens: the whole sequence so far (prompt + generated); it only ever grows between resets."""
+        known = len(self.corpus) - self.base
+        if len(tokens) > known:
+            self._extend(list(tokens[known:]))
+        k = min(k, self.length.k)
+        for n in range(min(self.max_n, len(tokens)), self.min_n - 1, -1):
+            end = self.index.get(tuple(tokens[-n:]))
+            if end is None:
+                continue
+            draft = self.corpus[end:end + k]
+            if -1 in draft:
+                draft = draft[:draft.index(-1)]
+            if draft:
+                return draft, None
+        return [], None
+
+    def feedback(self, drafted: int, accepted: int) -> None:
+        self.length.update(drafted, accepted)
+
+
+class ModelDrafter:
+    """A smaller model with the same tokenizer drafts k tokens (CodeGemma 2B for 7B; tiny models in tests).
+
+    It keeps its own KV cache and the token list that cache holds; before drafting it recomputes only what
+    differs from the verified sequence, so rejected drafts cost nothing to undo.
+    """
+
+    def __init__(self, model: Transformer, sampler: Sampler | None = None, max_k: int = 6):
+        self.model = model
+        self.sampler = sampler or Sampler()
+        self.length = AdaptiveLength(max_k)
+        self.cached: list[int] = []
+
+    def reset(self, prompt: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
+        self.length = AdaptiveLength(self.length.max_k)
+        # keep the cache: a new prompt usually shares a long prefix with the last one
+
+    @torch.inference_mode()
+    def propose(self, tokens: Sequence[int], k: int) -> tuple[list[int], Tensor | None]:
+        k = min(k, self.length.k, self.model.max_len - len(tokens))
+        if k <= 0:
+            return [], None
+        same = common_prefix(self.cached, tokens)
+        same = min(same, len(tokens) - 1)  # recompute at least the last token to get its logits
+        fresh = list(tokens[same:])
+        logits = self.model(torch.tensor([fresh]), torch.arange(same, len(tokens)))[0, -1]
+        self.cached = list(tokens)
+        draft: list[int] = []
+        probs: list[Tensor] = []
+        for _ in range(k):
+            if self.sampler.greedy:
+                t = int(torch.argmax(logits))
+            else:
+                p = self.sampler.probs(logits)
+                t = self.sampler.draw(p)
+                probs.append(p)
+            draft.append(t)
+            if len(draft) == k:
+                break
+            pos = len(self.cached)
+            logits = self.model(torch.tensor([[t]]), torch.tensor([pos]))[0, -1]
+            self.cached.append(t)
+        return draft, (torch.stack(probs) if probs else None)
+
+    def feedback(self, drafted: int, accepted: int) -> None:
+        self.length.update(drafted, accepted)
+

@@ -1,0 +1,118 @@
+"""The engine the rest of the product uses: a loaded model, its tokenizer, generation and scoring.
+
+It knows token ids and tensors, nothing of editors. One generation at a time: callers serialise (fim's
+CompletionService is the one worker).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from codegemma.drafters import Drafter, ModelDrafter, NGramDrafter
+from codegemma.errors import PromptTooLongError, TokenizerError
+from codegemma.generate import Generation, TextStream, generate
+from codegemma.model import Transformer
+from codegemma.prompt_cache import PromptCache
+from codegemma.sampling import Sampler
+from codegemma.tokenizer import Tokenizer
+
+# Verifying this many draft tokens costs about one decode step in bf16 on a 2-core CPU (see
+# `codegemma bench speculative`, which measures the ratio); longer drafts cost more than they save.
+DEFAULT_MAX_DRAFT = 8
+
+
+class Engine:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str, draft_model: Transformer | None = None,
+                 max_draft: int = DEFAULT_MAX_DRAFT):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.config = model.cfg
+        self.draft_model = draft_model
+        self.max_draft = max_draft
+        self.prompt_cache = PromptCache(model)
+
+    @property
+    def supports_fim(self) -> bool:
+        return self.tokenizer.has_fim
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.max_len
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        bad = next((i for i in ids if not 0 <= i < self.tokenizer.vocab_size), None)
+        if bad is not None:
+            raise TokenizerError(f"token id {bad} is outside the vocabulary (0..{self.tokenizer.vocab_size - 1})")
+
+    def _drafter(self, sampler: Sampler) -> Drafter:
+        if self.draft_model is not None:
+            return ModelDrafter(self.draft_model, Sampler(sampler.temperature, sampler.top_k, sampler.top_p,
+                                                          sampler.seed), max_k=self.max_draft)
+        return NGramDrafter(max_k=self.max_draft)
+
+    def generate(self, prompt: Sequence[int], *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                 stop_ids: Iterable[int] | None = None, stop_strings: Sequence[str] = (),
+                 on_text: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                 deadline: float | None = None, speculative: bool = True, cache_key: str | None = None,
+                 reuse_prompt: bool = True, draft_sources: Sequence[Sequence[int]] = ()) -> Generation:
+        """Continue `prompt` (token ids). `draft_sources` are extra token sequences the drafter may copy from
+        (e.g. the suffix of a left-to-right prompt)."""
+        prompt = list(prompt)
+        if not prompt:
+            raise ValueError("empty prompt: give at least one token (e.g. tokenizer.bos_id)")
+        self._check_ids(prompt)
+        if len(prompt) >= self.max_seq_len:
+            raise PromptTooLongError(f"prompt has {len(prompt)} tokens; this engine's context is "
+                                     f"{self.max_seq_len}")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        cached = self.prompt_cache.prepare(prompt, cache_key) if reuse_prompt else 0
+        if not reuse_prompt:
+            self.prompt_cache.commit([], None)
+        stops = self.tokenizer.stop_ids if stop_ids is None else frozenset(stop_ids)
+        stream = TextStream(self.tokenizer.decode, stop_strings, on_text)
+        try:
+            gen, valid = generate(self.model, prompt, cached, max_new_tokens=max_new_tokens, sampler=sampler,
+                                  stop_ids=stops, eos_id=self.tokenizer.eos_id, stream=stream,
+                                  drafter=self._drafter(sampler) if speculative else None,
+                                  max_draft=self.max_draft, should_stop=should_stop, deadline=deadline,
+                                  sources=draft_sources)
+        except BaseException:
+            self.prompt_cache.commit([], None)  # the cache content is unknown after an interruption
+            raise
+        if reuse_prompt:
+            self.prompt_cache.commit((prompt + gen.tokens)[:valid], cache_key)
+        return gen
+
+    @torch.inference_mode()
+    def score(self, text: str) -> list[tuple[int, float]]:
+        """Per-token log-likelihood of `text` (after <bos>): [(token id, log p(token | previous))]."""
+        ids = self.tokenizer.encode(text, bos=True)
+        if len(ids) > self.max_seq_len:
+            raise PromptTooLongError(f"text has {len(ids)} tokens; this engine's context is {self.max_seq_len}")
+        self.prompt_cache.commit([], None)
+        out: list[tuple[int, float]] = []
+        chunk = 256
+        for lo in range(0, len(ids) - 1, chunk):
+            piece = ids[lo:lo + chunk]
+            logits = self.model(torch.tensor([piece]), torch.arange(lo, lo + len(piece)))[0]  # [S, V]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            targets = ids[lo + 1:lo + 1 + len(piece)]
+            out += [(t, float(logp[i, t])) for i, t in enumerate(targets)]
+        return out
+
+    def warmup(self) -> float:
+        """Run one tiny generation so first-request latency excludes lazy initialisation; returns seconds."""
+        t = time.perf_counter()
+        self.generate([self.tokenizer.bos_id], max_new_tokens=2, reuse_prompt=False, speculative=False)
+        return time.perf_counter() - t

