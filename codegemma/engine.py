@@ -13,7 +13,7 @@ import torch
 
 from codegemma.drafters import Drafter, ModelDrafter, NGramDrafter
 from codegemma.errors import PromptTooLongError, TokenizerError
-from codegemma.generate import Generation, TextStream, generate
+from codegemma.generate import PREFILL_BLOCK, Generation, TextStream, generate
 from codegemma.model import Transformer
 from codegemma.prompt_cache import PromptCache
 from codegemma.sampling import Sampler
@@ -33,7 +33,7 @@ class Engine:
         self.config = model.cfg
         self.draft_model = draft_model
         self.max_draft = max_draft
-        self.prompt_cache = PromptCache(model)
+        self.prompt_cache = PromptCache(model, PREFILL_BLOCK)
 
     @property
     def supports_fim(self) -> bool:
@@ -91,7 +91,9 @@ class Engine:
             self.prompt_cache.commit([], None)  # the cache content is unknown after an interruption
             raise
         if reuse_prompt:
-            self.prompt_cache.commit((prompt + gen.tokens)[:valid], cache_key)
+            # only the prompt: KV of generated tokens came from decode steps, whose products have other
+            # shapes than a prefill's, and reuse must stay bit-identical to a fresh prefill
+            self.prompt_cache.commit(prompt[:valid], cache_key)
         return gen
 
     @torch.inference_mode()

@@ -58,12 +58,20 @@ class Generation:
     stats: GenStats = field(default_factory=GenStats)
 
 
+# Prefill runs in blocks aligned to multiples of this many positions. A position's KV then comes out of a
+# matrix product of the same shape whether the prompt is computed fresh or after a reused prefix (which
+# `PromptCache` rounds down to a block boundary), so prompt reuse is bit-identical to a fresh prefill.
+PREFILL_BLOCK = 64
+
+
 @torch.inference_mode()
-def prefill(model: Transformer, tokens: Sequence[int], start: int, chunk: int = 512) -> Tensor:
+def prefill(model: Transformer, tokens: Sequence[int], start: int) -> Tensor:
     """Compute KV for tokens[start:] (positions start..) and return the logits [V] after the last one."""
+    if start % PREFILL_BLOCK:
+        raise ValueError(f"prefill must start on a multiple of {PREFILL_BLOCK}, not {start}")
     logits = None
-    for lo in range(start, len(tokens), chunk):
-        piece = tokens[lo:lo + chunk]
+    for lo in range(start, len(tokens), PREFILL_BLOCK):
+        piece = tokens[lo:lo + PREFILL_BLOCK]
         # only the last position's logits are needed: skip the big output layer for the rest
         h = model.hidden(torch.tensor([piece]), lo)
         logits = model.output(h[:, -1:]).float()[0, -1]
@@ -83,18 +91,29 @@ def verify(model: Transformer, token: int, draft: list[int], draft_probs: Tensor
             n += 1
         return draft[:n], logits[n], None
     for i, d in enumerate(draft):
-        p = sampler.probs(logits[i])
-        q = draft_probs[i] if draft_probs is not None else None
-        q_d = float(q[d]) if q is not None else 1.0
-        if sampler.uniform() < min(1.0, float(p[d]) / q_d):
-            continue
-        residual = (p - q).clamp_min(0) if q is not None else p.clone()
-        if q is None:
-            residual[d] = 0.0
-        total = float(residual.sum())
-        forced = sampler.draw(residual / total) if total > 0 else sampler.draw(p)
-        return draft[:i], None, forced
+        forced = accept_or_resample(sampler.probs(logits[i]), draft_probs[i] if draft_probs is not None else None,
+                                    d, sampler)
+        if forced is not None:
+            return draft[:i], None, forced
     return draft, logits[len(draft)], None
+
+
+def accept_or_resample(p: Tensor, q: Tensor | None, d: int, sampler: Sampler) -> int | None:
+    """The speculative-sampling rule for one draft token d drawn from q (None = a point mass on d).
+
+    Returns None when d is accepted (probability min(1, p[d] / q[d])), else a token drawn from the
+    normalised residual max(p - q, 0). Together the two leave the token distributed exactly as p.
+    """
+    q_d = float(q[d]) if q is not None else 1.0
+    if sampler.uniform() < min(1.0, float(p[d]) / q_d):
+        return None
+    if q is None:
+        residual = p.clone()
+        residual[d] = 0.0
+    else:
+        residual = (p - q).clamp_min(0)
+    total = float(residual.sum())
+    return sampler.draw(residual / total) if total > 0 else sampler.draw(p)
 
 
 class TextStream:

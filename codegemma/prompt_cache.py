@@ -36,8 +36,9 @@ class _Saved:
 
 
 class PromptCache:
-    def __init__(self, model: Transformer, max_slots: int = 4, max_bytes: int = 256 << 20):
-        self.model = model
+    def __init__(self, model: Transformer, block: int, max_slots: int = 4, max_bytes: int = 256 << 20):
+        """`block`: reuse ends on a multiple of this (prefill's block size, see generate.PREFILL_BLOCK)."""
+        self.model, self.block = model, block
         self.max_slots, self.max_bytes = max_slots, max_bytes
         self.live: list[int] = []          # tokens whose KV occupy the model cache at [0, len)
         self.live_key: str | None = None
@@ -55,13 +56,15 @@ class PromptCache:
             self._save_live()  # the live sequence is about to be overwritten: keep it for its own key
             if restore is not None:
                 self._restore(restore, best)
-        best = min(best, len(prompt) - 1)  # the last prompt token is always recomputed to get its logits
+        # the last prompt token is always recomputed (its logits are needed), and prefill restarts on a
+        # block boundary so that reuse stays bit-identical to a fresh prefill
+        best = min(best, len(prompt) - 1) // self.block * self.block
         self.live = list(prompt[:best])
         self.live_key = key
         return best
 
     def commit(self, tokens: Sequence[int], key: str | None) -> None:
-        """Record that the cache now holds KV for `tokens` (prompt plus the verified generated tokens)."""
+        """Record that the cache now holds KV for `tokens`, as computed by `prefill` (not decode steps)."""
         self.live = list(tokens)
         self.live_key = key
 

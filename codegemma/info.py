@@ -1,0 +1,55 @@
+"""`codegemma info`: the module tree and parameter counts of a preset or checkpoint, without weights."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from codegemma.checkpoint import read_config
+from codegemma.config import GemmaConfig, PRESETS, preset
+from codegemma.errors import ModelNotFoundError
+from codegemma.model import Transformer
+
+
+def config_for(spec: str) -> GemmaConfig:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return read_config(path)
+    if path.is_file() and path.suffix == ".gguf":
+        from codegemma.gguf_loader import read_gguf_config
+
+        return read_gguf_config(path)
+    if spec in PRESETS or not path.exists():
+        return preset(spec)
+    raise ModelNotFoundError(f"{spec}: expected a preset, a checkpoint directory or a .gguf file")
+
+
+def parameter_counts(model: Transformer) -> dict[str, int]:
+    """Counts per component: embedding (tied output layer), attention, MLP, norms; and the total."""
+    counts: dict[str, int] = defaultdict(int)
+    for name, p in model.named_parameters():
+        if "embed_tokens" in name:
+            part = "embedding (tied lm_head)"
+        elif ".self_attn." in name and "norm" not in name:
+            part = "attention"
+        elif ".mlp." in name:
+            part = "mlp"
+        else:
+            part = "norms"
+        counts[part] += p.numel()
+    counts["total"] = sum(counts.values())
+    return dict(counts)
+
+
+def describe(spec: str) -> str:
+    cfg = config_for(spec)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    counts = parameter_counts(model)
+    lines = [f"{cfg.name}: {cfg}", "", repr(model), "", "parameters:"]
+    lines += [f"  {k:<26} {v:>15,}" for k, v in counts.items()]
+    per_layer = (counts["attention"] + counts["mlp"]) // cfg.n_layers
+    lines.append(f"  {'per layer (attn + mlp)':<26} {per_layer:>15,}")
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""Generation behaviour: speculative == plain greedy, the sampling rule, stops, prompt reuse, errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from codegemma.drafters import ModelDrafter, NGramDrafter
+from codegemma.errors import PromptTooLongError, TokenizerError
+from codegemma.generate import PREFILL_BLOCK, TextStream, accept_or_resample, generate, prefill
+from codegemma.prompt_cache import PromptCache
+from codegemma.sampling import Sampler
+from codegemma.testing import random_model, tiny_config, tiny_engine
+
+CODE = [
+    "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
+    "import json\n\nclass Config:\n    def __init__(self, path):\n        self.path = path\n",
+    "for i in range(10):\n    print(i)\nfor j in range(10):\n    print(j)\nfor k in range(",
+    "x = [1, 2, 3]\ny = [1, 2, 3]\nz = [1, 2,",
+]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_engine(fim=True, arch="gemma3", seed=3)
+
+
+def _prompts(engine, n=12):
+    rng = random.Random(0)
+    out = []
+    for i in range(n):
+        text = CODE[i % len(CODE)] * (1 + i % 3)
+        ids = engine.tokenizer.encode(text, bos=True)
+        out.append(ids[: rng.randint(max(2, len(ids) // 2), len(ids))])
+    return out
+
+
+def _plain(engine, prompt, **kw):
+    return engine.generate(prompt, speculative=False, reuse_prompt=False, **kw)
+
+
+@pytest.mark.parametrize("max_new", [1, 7, 40])
+def test_ngram_speculative_greedy_equals_plain(engine, max_new):
+    drafted = 0
+    for prompt in _prompts(engine):
+        plain = _plain(engine, prompt, max_new_tokens=max_new, stop_ids=[])
+        spec = engine.generate(prompt, max_new_tokens=max_new, stop_ids=[], reuse_prompt=False)
+        assert spec.tokens == plain.tokens
+        assert spec.stop_reason == plain.stop_reason
+        drafted += spec.stats.drafted
+    if max_new > 1:
+        assert drafted > 0, "the prompts repeat themselves: the n-gram drafter must have drafted"
+
+
+def test_stop_token_inside_a_draft(engine):
+    """Pick a stop token that the greedy output contains; both paths must stop at its first occurrence."""
+    for prompt in _prompts(engine):
+        free = _plain(engine, prompt, max_new_tokens=40, stop_ids=[])
+        if len(free.tokens) < 6:
+            continue
+        stop = free.tokens[5]
+        plain = _plain(engine, prompt, max_new_tokens=40, stop_ids=[stop])
+        spec = engine.generate(prompt, max_new_tokens=40, stop_ids=[stop], reuse_prompt=False)
+        assert spec.tokens == plain.tokens == free.tokens[:free.tokens.index(stop)]
+        assert spec.stop_reason == plain.stop_reason == "stop_token"
+
+
+@pytest.mark.parametrize("same_weights", [True, False])
+def test_model_drafter_greedy_equals_plain(engine, same_weights):
+    cfg = engine.model.cfg
+    draft = random_model(tiny_config("gemma", cfg.vocab_size), seed=0 if not same_weights else 3)
+    if same_weights:
+        draft = random_model(cfg, seed=3)
+    draft.setup_cache(engine.max_seq_len)
+    for prompt in _prompts(engine, 8):
+        plain = _plain(engine, prompt, max_new_tokens=24, stop_ids=[])
+        gen, _ = generate(engine.model, prompt, 0, max_new_tokens=24, sampler=Sampler(), stop_ids=frozenset(),
+                          eos_id=engine.tokenizer.eos_id, stream=TextStream(engine.tokenizer.decode, (), None),
+                          drafter=ModelDrafter(draft, max_k=5))
+        assert gen.tokens == plain.tokens
+        if same_weights:
+            assert gen.stats.accepted == gen.stats.drafted > 0
+
+
+def test_rejection_rule_reproduces_target_distribution():
+    """Many draws of one speculative step: the emitted token must follow p, whatever the draft's q.
+
+    Tolerance: total variation distance below 0.02 with 40,000 draws over 6 outcomes (its standard error
+    there is about 0.005), for a fixed seed."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(6, generator=gen) * 1.5, 0)
+    q = torch.softmax(torch.randn(6, generator=gen) * 1.5, 0)
+    sampler = Sampler(temperature=1.0, seed=1)
+    counts = torch.zeros(6)
+    for _ in range(40_000):
+        d = sampler.draw(q)
+        forced = accept_or_resample(p, q, d, sampler)
+        counts[d if forced is None else forced] += 1
+    assert 0.5 * (counts / counts.sum() - p).abs().sum() < 0.02
+    # a deterministic drafter (point mass) as the n-gram drafter is
+    counts.zero_()
+    for _ in range(40_000):
+        forced = accept_or_resample(p, None, 2, sampler)
+        counts[2 if forced is None else forced] += 1
+    assert 0.5 * (counts / counts.sum() - p).abs().sum() < 0.02
+
+
+def test_seeded_sampling_is_reproducible(engine):
+    prompt = _prompts(engine)[0]
+    a = engine.generate(prompt, max_new_tokens=20, temperature=0.8, top_k=50, top_p=0.9, seed=7, stop_ids=[])
+    b = engine.generate(prompt, max_new_tokens=20, temperature=0.8, top_k=50, top_p=0.9, seed=7, stop_ids=[])
+    assert a.tokens == b.tokens and len(a.tokens) == 20
+
+
+def test_prefix_reuse_is_bit_identical_to_fresh_prefill():
+    engine = tiny_engine(fim=True, arch="gemma3", seed=5)
+    model = engine.model
+    first = engine.tokenizer.encode(CODE[0] * 3, bos=True)
+    second = first[:-7] + engine.tokenizer.encode("    return a * b\n")
+    cache = PromptCache(model, PREFILL_BLOCK)
+    n = cache.prepare(first, "doc")
+    prefill(model, first, n)
+    cache.commit(first, "doc")
+    n = cache.prepare(second, "doc")
+    assert len(first) > 2 * PREFILL_BLOCK and n == (len(first) - 7) // PREFILL_BLOCK * PREFILL_BLOCK
+    reused = prefill(model, second, n)
+    fresh = prefill(model, second, 0)
+    assert torch.equal(reused, fresh)
+
+
+def test_prompt_cache_restores_another_documents_prefix():
+    engine = tiny_engine(fim=True, arch="gemma3", seed=5)
+    a = engine.tokenizer.encode(CODE[0] * 3, bos=True)
+    b = engine.tokenizer.encode(CODE[1] * 3, bos=True)
+    ga = engine.generate(a, max_new_tokens=5, cache_key="a", stop_ids=[])
+    engine.generate(b, max_new_tokens=5, cache_key="b", stop_ids=[])
+    again = engine.generate(a, max_new_tokens=5, cache_key="a", stop_ids=[])
+    assert again.stats.cached_tokens == (len(a) - 1) // PREFILL_BLOCK * PREFILL_BLOCK > 0
+    assert again.tokens == ga.tokens
+
+
+def test_stop_strings_and_streaming(engine):
+    prompt = _prompts(engine)[1]
+    free = _plain(engine, prompt, max_new_tokens=30, stop_ids=[])
+    stop = free.text[10:13]
+    pieces = []
+    gen = engine.generate(prompt, max_new_tokens=30, stop_ids=[], stop_strings=[stop], on_text=pieces.append)
+    assert gen.stop_reason == "stop_string"
+    assert gen.text == free.text[:free.text.index(stop)]
+    assert "".join(pieces) == gen.text
+
+
+def test_cancellation_and_deadline(engine):
+    prompt = _prompts(engine)[0]
+    assert engine.generate(prompt, max_new_tokens=50, stop_ids=[], should_stop=lambda: True).stop_reason == "cancelled"
+    assert engine.generate(prompt, max_new_tokens=50, stop_ids=[], deadline=0.0).stop_reason == "deadline"
+
+
+def test_bad_inputs_leave_the_engine_usable(engine):
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        engine.generate([2, 10**7])
+    with pytest.raises(PromptTooLongError, match="context"):
+        engine.generate([2] * (engine.max_seq_len + 5))
+    with pytest.raises(TokenizerError):
+        engine.tokenizer.decode([-1])
+    assert len(engine.generate([2, 100, 101], max_new_tokens=3, stop_ids=[]).tokens) == 3
+
+
+def test_score_matches_forward(engine):
+    scores = engine.score("def f(x): return x")
+    ids = engine.tokenizer.encode("def f(x): return x", bos=True)
+    assert [t for t, _ in scores] == ids[1:]
+    assert all(s <= 0 for _, s in scores)
+
+
+def test_special_token_text_is_not_injected(engine):
+    ids = engine.tokenizer.encode("a <|fim_prefix|> b")
+    assert engine.tokenizer.fim_prefix_id not in ids
+    assert engine.tokenizer.decode(ids) == "a <|fim_prefix|> b"
