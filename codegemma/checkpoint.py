@@ -29,7 +29,8 @@ def read_config(directory: Path) -> GemmaConfig:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     try:
-        return from_hf_config(raw, name=directory.name)
+        name = Path(str(raw.get("_name_or_path") or directory.name)).name
+        return from_hf_config(raw, name=name)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
 

@@ -18,9 +18,10 @@ def config_for(spec: str) -> GemmaConfig:
     if path.is_dir():
         return read_config(path)
     if path.is_file() and path.suffix == ".gguf":
-        from codegemma.gguf_loader import read_gguf_config
+        from codegemma.gguf_convert import gguf_config
+        from codegemma.gguf_format import read_gguf
 
-        return read_gguf_config(path)
+        return gguf_config(read_gguf(path))
     if spec in PRESETS or not path.exists():
         return preset(spec)
     raise ModelNotFoundError(f"{spec}: expected a preset, a checkpoint directory or a .gguf file")

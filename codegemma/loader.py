@@ -8,6 +8,7 @@ downloaded); "tiny:fim" / "tiny:plain" = the tiny random test engine.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -109,13 +110,35 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
     return Engine(net, tokenizer, name + (" int8" if int8 else ""), draft_model=draft_net)
 
 
+def _dtype_variant(directory: Path, dtype: torch.dtype) -> Path:
+    """A copy of a (float32) GGUF cache directory stored in `dtype`, so later loads skip the conversion."""
+    if dtype == torch.float32:
+        return directory
+    variant = directory / str(dtype).removeprefix("torch.")
+    if (variant / "model.safetensors").is_file():
+        return variant
+    from safetensors.torch import save_file
+
+    net, _ = load_checkpoint(directory, dtype)
+    tmp = directory / f".{variant.name}.{os.getpid()}.tmp"
+    tmp.mkdir(exist_ok=True)
+    for name in ("config.json", "tokenizer.model"):
+        shutil.copyfile(directory / name, tmp / name)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
+    try:
+        tmp.rename(variant)
+    except OSError:  # another process finished the same variant first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return variant
+
+
 def _load_path(path: Path, dtype: torch.dtype):
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelNotFoundError(f"{path}: expected a checkpoint directory or a .gguf file")
         from codegemma.gguf_loader import gguf_cache_dir
 
-        net, tok = load_checkpoint(gguf_cache_dir(path), dtype)
-        return net, tok, f"{net.cfg.name if net.cfg.name != 'checkpoint' else path.stem} (gguf)"
+        net, tok = load_checkpoint(_dtype_variant(gguf_cache_dir(path), dtype), dtype)
+        return net, tok, f"{net.cfg.name} (gguf)"
     net, tok = load_checkpoint(path, dtype)
     return net, tok, path.name

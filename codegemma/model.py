@@ -91,25 +91,23 @@ class Attention(nn.Module):
         # a sliding layer only ever looks back `window` positions: read no more of the cache than that
         lo = max(0, start - self.window + 1) if self.window else 0
         keys, values = self.kv_cache.k[:, :, lo:end], self.kv_cache.v[:, :, lo:end]  # [B, KV, T, D]
-        mask = mask[:, lo:end]  # [S, T]
-        if self.cfg.attn_softcap is None:
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.cfg.q_scale,
-                                                 enable_gqa=self.n_kv != self.n_heads)
-        else:
-            out = self._softcapped_attention(q, keys, values, mask)
-        out = out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)
-        return self.o_proj(out)
+        out = self._attend(q, keys, values, None if S == 1 else mask[:, lo:end])  # one query sees all it reads
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
 
-    def _softcapped_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        # Gemma 2 caps attention logits with tanh(x / c) * c, which SDPA cannot express
-        rep = self.n_heads // self.n_kv
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        scores = (q @ k.transpose(-1, -2)) * self.cfg.q_scale  # [B, H, S, T]
-        cap = self.cfg.attn_softcap
-        scores = torch.tanh(scores / cap) * cap
-        scores = scores.masked_fill(~mask, float("-inf"))
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        return probs @ v
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Grouped attention: the query heads that share a KV head are stacked into one matrix product, so
+        MQA/GQA never copies keys. q [B, H, S, D], k/v [B, KV, T, D], mask [S, T] -> [B, H, S, D]."""
+        B, H, S, D = q.shape
+        rep = H // self.n_kv
+        qg = q.reshape(B, self.n_kv, rep * S, D)
+        scores = (qg @ k.transpose(-1, -2)).float() * self.cfg.q_scale  # [B, KV, rep*S, T]
+        if self.cfg.attn_softcap is not None:  # Gemma 2 caps attention logits with tanh(x / c) * c
+            cap = self.cfg.attn_softcap
+            scores = torch.tanh(scores / cap) * cap
+        if mask is not None:
+            scores = scores.view(B, self.n_kv, rep, S, -1).masked_fill(~mask, float("-inf")).view(B, self.n_kv, rep * S, -1)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)  # softmax in float32, as the reference does
+        return (probs @ v).view(B, H, S, D)
 
 
 class MLP(nn.Module):

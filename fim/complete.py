@@ -1,0 +1,100 @@
+"""complete(): one completion request through context, prompt, engine and post-processing.
+
+Every decision lands in the response's debug record, so a user can see why the completion is what it is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fim.context import debug_snippets, rank_snippets
+from fim.errors import BadRequestError
+from fim.languages import normalize_language
+from fim.postprocess import BlockEndWatcher, decide_mode, postprocess
+from fim.prompt import DEFAULT_PROMPT_BUDGET, SUFFIX_SHARE, Prompt, build_prompt, fit_suffix
+from fim.request import CompletionRequest, CompletionResponse, validate_request
+
+
+def prompt_budget(engine: Any, request: CompletionRequest) -> int:
+    """Prompt tokens for this request: the option or the default, within the engine's context."""
+    options = request.options
+    budget = options.prompt_budget or DEFAULT_PROMPT_BUDGET
+    room = engine.max_seq_len - options.max_tokens
+    if room < 1:
+        raise BadRequestError(f"max_tokens {options.max_tokens} leaves no room for a prompt "
+                              f"(the model's context is {engine.max_seq_len} tokens)")
+    return min(budget, room)
+
+
+def prepare(engine: Any, request: CompletionRequest) -> tuple[Prompt, str, bool, dict]:
+    """Validate, pick the line mode, rank context and build the prompt: (prompt, language, multiline, debug)."""
+    validate_request(request)
+    language = normalize_language(request.language, request.path)
+    multiline, mode_reason = decide_mode(request.text, request.cursor, language, request.options.mode)
+    started = time.perf_counter()
+    if request.options.use_context and request.other_files:
+        snippets, summary = rank_snippets(request.path, request.text, request.cursor, language, request.other_files)
+    else:
+        snippets, summary = [], {"files": len(request.other_files), "candidates": 0,
+                                 "disabled": not request.options.use_context}
+    context_s = time.perf_counter() - started
+    prompt = build_prompt(engine.tokenizer, engine.supports_fim, request.path, request.text, request.cursor,
+                          language, snippets, prompt_budget(engine, request))
+    shown, left_out = debug_snippets(snippets)
+    debug = {
+        "language": language,
+        "mode": {"multiline": multiline, "reason": mode_reason},
+        "prompt": {"format": "fim" if prompt.fim else "left-to-right", "budget": prompt.budget,
+                   "tokens": prompt.token_counts(), "prefix_chars": [prompt.prefix_start, request.cursor],
+                   "suffix_chars": [request.cursor, prompt.suffix_end]},
+        "context": {**summary, "snippets": shown, "not_shown": left_out},
+        "timings": {"context_s": round(context_s, 6), "prompt_s": round(time.perf_counter() - started - context_s, 6)},
+    }
+    return prompt, language, multiline, debug
+
+
+def complete(engine: Any, request: CompletionRequest, *, should_stop: Callable[[], bool] | None = None,
+             on_text: Callable[[str], None] | None = None) -> CompletionResponse:
+    """Complete the request with the engine (one call at a time per engine).
+
+    `on_text` receives the raw streamed text before post-processing; `should_stop` cancels (polled every
+    decode step). Raises BadRequestError for an invalid request, codegemma errors from the engine.
+    """
+    started = time.perf_counter()
+    prompt, language, multiline, debug = prepare(engine, request)
+    options = request.options
+    watcher = BlockEndWatcher(request.text, request.cursor, language, multiline)
+
+    def streamed(piece: str) -> None:
+        watcher.feed(piece)
+        if on_text is not None:
+            on_text(piece)
+
+    def stop_now() -> bool:
+        return watcher.ended or (should_stop is not None and should_stop())
+
+    stop_strings = tuple(options.stop) + (() if multiline else ("\n",))
+    # Without FIM the suffix is not in the prompt, but the model often writes code it contains: let the
+    # drafter copy from it.
+    sources = [] if prompt.fim else [fit_suffix(engine.tokenizer, request.text, request.cursor,
+                                                int(prompt.budget * SUFFIX_SHARE))[1]]
+    deadline = time.monotonic() + options.time_budget_ms / 1000 if options.time_budget_ms else None
+    generation = engine.generate(
+        prompt.ids, max_new_tokens=options.max_tokens, temperature=options.temperature, top_k=options.top_k,
+        top_p=options.top_p, seed=options.seed, stop_strings=stop_strings, on_text=streamed,
+        should_stop=stop_now, deadline=deadline, speculative=options.speculative,
+        cache_key=request.cache_key or request.path, reuse_prompt=options.reuse_prompt, draft_sources=sources)
+    stop_reason = generation.stop_reason
+    if stop_reason == "cancelled" and watcher.ended and not (should_stop is not None and should_stop()):
+        stop_reason = "block_end"
+    post_started = time.perf_counter()
+    text, steps = postprocess(generation.text, request.text, request.cursor, language, multiline)
+    debug["raw"] = generation.text
+    debug["postprocess"] = steps
+    debug["stop_reason"] = stop_reason
+    debug["engine"] = {"name": engine.name, **generation.stats.to_dict()}
+    debug["timings"]["postprocess_s"] = round(time.perf_counter() - post_started, 6)
+    debug["timings"]["total_s"] = round(time.perf_counter() - started, 6)
+    return CompletionResponse(text=text, range=(request.cursor, request.cursor), debug=debug, stop_reason=stop_reason)

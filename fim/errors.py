@@ -1,0 +1,20 @@
+"""User-facing errors of the completion service: one type per kind, each with a one-line message.
+
+The edges (the `fim` CLI, the HTTP app, the LSP server) catch `FimError` and show `str(error)`.
+"""
+
+
+class FimError(Exception):
+    """Base of every error the completion service reports to a user."""
+
+
+class BadRequestError(FimError):
+    """A request that cannot be served as given: cursor out of range, bad option, unreadable file."""
+
+
+class QueueFullError(FimError):
+    """The service already has its maximum number of requests waiting."""
+
+
+class ServiceNotReadyError(FimError):
+    """The model failed to load, or the service was closed."""

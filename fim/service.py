@@ -1,0 +1,158 @@
+"""One model worker shared by a server: loads the engine in the background and serves requests in order.
+
+The engine runs one generation at a time, so the LSP and HTTP servers do not call it directly: they
+submit requests here and get a Future each. The queue is bounded (a burst of keystrokes must not pile
+up work that nobody will read); cancellation is the caller's `should_stop`, polled every decode step,
+or `Future.cancel()` while the request still waits.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from fim.complete import complete
+from fim.errors import QueueFullError, ServiceNotReadyError
+from fim.request import CompletionRequest, CompletionResponse, validate_request
+
+ProgressCallback = Callable[[str, float], None]
+
+_CLOSE = object()  # queue sentinel that ends the worker
+
+
+class CompletionService:
+    """A background-loaded engine plus one worker thread draining a bounded request queue.
+
+    `engine` may be given directly (tests, embedding an engine that is already loaded); otherwise
+    `start()` loads `model` with `codegemma.load` in a background thread.
+    """
+
+    def __init__(self, model: str | None = None, dtype: str | None = None, int8: bool = False,
+                 max_queue: int = 8, *, engine: Any = None) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+        self.model = model
+        self.dtype = dtype
+        self.int8 = int8
+        self.max_queue = max_queue
+        self.engine: Any = None
+        self.error: str | None = None
+        self.load_s: float | None = None
+        self._given_engine = engine
+        self._ready = threading.Event()
+        self._closed = False
+        self._queue: queue.Queue = queue.Queue()
+        self._waiting = 0  # requests submitted and not yet picked up by the worker
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the engine is loaded and requests are being served."""
+        return self._ready.is_set() and self.engine is not None
+
+    def start(self, on_progress: ProgressCallback | None = None) -> None:
+        """Start loading the engine and the worker; returns at once. Calling it twice is a no-op."""
+        with self._lock:
+            if self._worker is not None:
+                return
+            self._worker = threading.Thread(target=self._run, args=(on_progress,), name="fim-worker", daemon=True)
+            self._worker.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the load finished (successfully or not); True when the engine is ready."""
+        self._ready.wait(timeout)
+        return self.ready
+
+    def submit(self, request: CompletionRequest, *, should_stop: Callable[[], bool] | None = None,
+               on_text: Callable[[str], None] | None = None) -> Future:
+        """Queue a request; the Future resolves to a CompletionResponse or raises FimError/CodegemmaError.
+
+        Raises BadRequestError for an invalid request, QueueFullError when `max_queue` requests are
+        already waiting, and ServiceNotReadyError when the model failed to load or the service is closed.
+        Requests submitted while the model loads wait for it.
+        """
+        validate_request(request)
+        with self._lock:
+            if self._closed:
+                raise ServiceNotReadyError("the completion service is closed")
+            if self.error is not None:
+                raise ServiceNotReadyError(f"the model failed to load: {self.error}")
+            if self._waiting >= self.max_queue:
+                raise QueueFullError(f"{self._waiting} completion requests are already waiting (max {self.max_queue})")
+            self._waiting += 1
+        future: Future = Future()
+        self._queue.put((future, request, should_stop, on_text))
+        return future
+
+    def close(self) -> None:
+        """Stop the worker: waiting requests are cancelled, a running one finishes its current step."""
+        with self._lock:
+            self._closed = True
+        self._fail_waiting(None)
+        self._queue.put(_CLOSE)
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread() and self._ready.is_set():
+            worker.join(timeout=30)
+
+    def _run(self, on_progress: ProgressCallback | None) -> None:
+        loaded = self._load(on_progress)
+        while True:
+            item = self._queue.get()
+            if item is _CLOSE:
+                return
+            future, request, should_stop, on_text = item
+            with self._lock:
+                self._waiting -= 1
+            if not future.set_running_or_notify_cancel():
+                continue
+            # A request that raced the failed load still gets an answer rather than waiting forever.
+            if not loaded:
+                future.set_exception(ServiceNotReadyError(f"the model failed to load: {self.error}"))
+                continue
+            try:
+                future.set_result(complete(self.engine, request, should_stop=should_stop, on_text=on_text))
+            except BaseException as error:  # noqa: BLE001 - every failure belongs to the caller's Future
+                future.set_exception(error)
+
+    def _load(self, on_progress: ProgressCallback | None) -> bool:
+        report = on_progress or (lambda message, fraction: None)
+        start = time.monotonic()
+        try:
+            if self._given_engine is not None:
+                self.engine = self._given_engine
+            else:
+                import codegemma  # imported here so that constructing a service stays cheap
+
+                report(f"loading model {self.model or 'default'}", 0.0)
+                self.engine = codegemma.load(self.model, dtype=self.dtype, int8=self.int8)
+        except Exception as error:  # noqa: BLE001 - a load failure is reported, never raised into a thread
+            self.error = str(error).splitlines()[0] if str(error) else type(error).__name__
+            report(f"model failed to load: {self.error}", 1.0)
+            self._fail_waiting(ServiceNotReadyError(f"the model failed to load: {self.error}"))
+            return False
+        finally:
+            self.load_s = time.monotonic() - start
+            self._ready.set()
+        report(f"model ready: {self.engine.name}", 1.0)
+        return True
+
+    def _fail_waiting(self, error: Exception | None) -> None:
+        """Drain the queue: each waiting Future gets `error`, or is cancelled when error is None."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _CLOSE:
+                continue
+            future = item[0]
+            with self._lock:
+                self._waiting -= 1
+            if error is None:
+                future.cancel()
+            elif future.set_running_or_notify_cancel():
+                future.set_exception(error)
