@@ -21,12 +21,15 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(dim))
+        self.scale: Tensor | None = None  # (1 + w) in float32, fixed by `freeze` for inference
+
+    def freeze(self) -> None:
+        self.scale = 1.0 + self.weight.detach().float()
 
     def forward(self, x: Tensor) -> Tensor:
         # Gemma normalises in float32 and scales by (1 + w), w stored zero-centred; cast back at the end.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * (1.0 + self.weight.float())).type_as(x)
+        scale = self.scale if self.scale is not None else 1.0 + self.weight.float()
+        return F.rms_norm(x.float(), (x.shape[-1],), scale, self.eps).to(x.dtype)
 
 
 class KVCache(nn.Module):
@@ -45,18 +48,20 @@ class KVCache(nn.Module):
 
 
 def rope_tables(head_dim: int, base: float, max_len: int) -> tuple[Tensor, Tensor]:
-    """cos and sin, [max_len, head_dim], computed in float32 as the reference does (precision of positions)."""
+    """cos and signed sin, [max_len, head_dim], computed in float32 as the reference does.
+
+    Split-halves layout (not interleaved). The sin table carries the sign of rotate_half, (-sin, +sin), so
+    that applying RoPE is one roll and two products."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     freqs = torch.outer(torch.arange(max_len, dtype=torch.int64).float(), inv_freq)  # [T, D/2]
-    emb = torch.cat([freqs, freqs], dim=-1)  # split-halves layout, not interleaved
-    return emb.cos(), emb.sin()
+    emb = torch.cat([freqs, freqs], dim=-1)
+    sin = emb.sin()
+    return emb.cos(), torch.cat([-sin[:, :head_dim // 2], sin[:, head_dim // 2:]], dim=-1)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # x [B, H, S, D]; cos/sin [S, D] already in x's dtype
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    # x [B, H, S, D]; tables [S, D] in x's dtype. rotate_half(x) * sin == roll(x, D/2) * signed_sin
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -168,9 +173,13 @@ class Transformer(nn.Module):
         return self.model.norm.weight.dtype  # norms stay in the model dtype under int8 too
 
     def setup_cache(self, max_len: int) -> None:
-        """Allocate every layer's KV cache for `max_len` positions and the RoPE tables for them."""
+        """Allocate every layer's KV cache for `max_len` positions and the RoPE tables for them, and fix
+        the norms' scales for inference (call again after changing weights)."""
         cfg, dtype = self.cfg, self.dtype
         self.max_len = max_len
+        for norm in self.modules():
+            if isinstance(norm, RMSNorm):
+                norm.freeze()
         for layer in self.model.layers:
             layer.self_attn.kv_cache = KVCache(cfg.n_kv_heads, max_len, cfg.head_dim, dtype)
         bases = {cfg.rope_base_for(i) for i in range(cfg.n_layers)}

@@ -1,0 +1,202 @@
+"""Runs benchmark tasks through the editor's completion path (`fim.complete`) and scores them as they come.
+
+For left-to-right tasks (HumanEval, MBPP) the request is the prompt as a file with the cursor at its end;
+for infilling the file is prefix + suffix with the cursor between (a removed whole line is shown as an
+empty line with the cursor on it, see `Task.editor_suffix`). Each completion is executed in the
+sandbox on a worker while the model writes the next one. Every finished sample is appended to
+`results.jsonl` at once, so a run that is interrupted resumes where it stopped (`run.json` beside it
+records the settings; resuming with other settings is refused).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fim import CompletionOptions, CompletionRequest, FileContext, complete
+
+from eval.datasets import Task
+from eval.errors import ResultsError
+from eval.sandbox import Outcome, Sandbox
+from eval.scoring import exact_match
+
+RESULTS = "results.jsonl"
+SETTINGS = "run.json"
+STAT_KEYS = ("prompt_tokens", "cached_tokens", "new_tokens", "drafted", "accepted", "forward_passes")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How completions are produced (stored in run.json; a resumed run must use the same)."""
+
+    model: str
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0  # 0.95 is the usual choice with sampling (Codex paper); set by the CLI
+    max_tokens: int = 256
+    speculative: bool = True
+    context_files: int = 0  # other files attached as multi-file context (canonical code of other tasks)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One completion and how it was produced."""
+
+    completion: str
+    stats: dict[str, Any]
+
+
+def generate(engine: Any, task: Task, sample: int, settings: Settings,
+             context: tuple[FileContext, ...] = ()) -> Generated:
+    """Complete one task once through `fim.complete`, timing the first streamed text and the whole call."""
+    prefix_len = len(task.prompt)
+    suffix = task.editor_suffix
+    text = task.prompt + suffix
+    options = CompletionOptions(
+        max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p,
+        seed=_seed(settings.seed, task.task_id, sample), stop=task.stop, use_context=bool(context),
+        speculative=settings.speculative,
+    )
+    request = CompletionRequest(path=task_path(task), text=text, cursor=prefix_len, language="python",
+                                other_files=context, options=options)
+    first: list[float] = []
+    started = time.perf_counter()
+    response = complete(engine, request, on_text=lambda piece: first or first.append(time.perf_counter()))
+    total = time.perf_counter() - started
+    start, end = response.range
+    filled = text[:start] + response.text + text[end:]
+    # The middle the scorer runs between prompt and suffix; the response may have replaced text around
+    # the cursor, in which case the middle is what lies between the unchanged prompt and suffix.
+    if filled.startswith(task.prompt) and filled.endswith(suffix) and len(filled) >= len(text):
+        completion = filled[prefix_len:len(filled) - len(suffix)]
+    else:
+        completion = response.text
+    engine_stats = _engine_stats(response.debug)
+    stats = {key: engine_stats.get(key) for key in STAT_KEYS}
+    stats.update(ttft_s=(first[0] - started) if first else total, total_s=total, stop_reason=response.stop_reason)
+    return Generated(completion, stats)
+
+
+def task_path(task: Task) -> str:
+    """A file name for the task, as an editor would have it (HumanEval/0 -> HumanEval_0.py)."""
+    return task.task_id.replace("/", "_") + ".py"
+
+
+def context_for(task: Task, tasks: list[Task], count: int) -> tuple[FileContext, ...]:
+    """`count` other tasks' canonical code as neighbouring files (the ones just before it in the list)."""
+    if count <= 0:
+        return ()
+    index = tasks.index(task)
+    others = [tasks[(index - step) % len(tasks)] for step in range(1, min(count, len(tasks) - 1) + 1)]
+    return tuple(FileContext(task_path(o), o.prompt + o.reference + o.suffix) for o in others)
+
+
+def score(task: Task, completion: str, outcome: Outcome) -> dict[str, Any]:
+    """The result fields of one executed sample."""
+    record: dict[str, Any] = {"passed": outcome.passed, "result": outcome.result}
+    if task.infilling:
+        record["exact_match"] = exact_match(completion, task.reference)
+    return record
+
+
+class Run:
+    """One evaluation run writing to `out_dir`: generation in this thread, execution on sandbox workers."""
+
+    def __init__(self, out_dir: Path, settings: Settings, sandbox: Sandbox) -> None:
+        self.out_dir = out_dir
+        self.settings = settings
+        self.sandbox = sandbox
+        self.results_path = out_dir / RESULTS
+        self._lock = threading.Lock()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._check_settings()
+        self.records = read_results(self.results_path)
+
+    def _check_settings(self) -> None:
+        path = self.out_dir / SETTINGS
+        wanted = asdict(self.settings)
+        if path.exists():
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                raise ResultsError(f"cannot read {path}: {error}") from None
+            changed = sorted(key for key in wanted if stored.get(key) != wanted[key])
+            if changed:
+                raise ResultsError(f"{self.out_dir} holds a run with other settings ({', '.join(changed)}): "
+                                   "use another --out directory")
+        else:
+            path.write_text(json.dumps(wanted, indent=2) + "\n")
+
+    def pending(self, tasks: list[Task]) -> list[tuple[Task, int]]:
+        """(task, sample index) pairs not yet in the results file."""
+        done = {(r["benchmark"], r["task_id"], r["sample"]) for r in self.records}
+        return [(task, i) for task in tasks for i in range(self.settings.n)
+                if (task.benchmark, task.task_id, i) not in done]
+
+    def execute(self, engine: Any, tasks: list[Task], all_tasks: dict[str, list[Task]],
+                on_record: Callable[[dict], None] | None = None) -> list[dict]:
+        """Generate and score every pending sample; returns all records of `tasks` (old and new)."""
+        futures: list[Future] = []
+        with open(self.results_path, "a", encoding="utf-8") as sink:
+            for task, sample in self.pending(tasks):
+                context = context_for(task, all_tasks[task.benchmark], self.settings.context_files)
+                generated = generate(engine, task, sample, self.settings, context)
+                future = self.sandbox.submit(task.program(generated.completion))
+                future.add_done_callback(
+                    lambda done, t=task, s=sample, g=generated: self._store(sink, t, s, g, done, on_record))
+                futures.append(future)
+            for future in futures:
+                future.exception()  # wait; a sandbox failure surfaces below through result()
+            for future in futures:
+                future.result()
+        wanted = {(t.benchmark, t.task_id) for t in tasks}
+        return [r for r in self.records if (r["benchmark"], r["task_id"]) in wanted]
+
+    def _store(self, sink, task: Task, sample: int, generated: Generated, done: Future,
+               on_record: Callable[[dict], None] | None) -> None:
+        if done.exception() is not None:
+            return
+        record = {"benchmark": task.benchmark, "task_id": task.task_id, "sample": sample,
+                  "completion": generated.completion, **score(task, generated.completion, done.result()),
+                  **generated.stats}
+        with self._lock:
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            self.records.append(record)
+            if on_record:
+                on_record(record)
+
+
+def read_results(path: Path) -> list[dict]:
+    """Records of an earlier (maybe interrupted) run; a half-written last line is cut off."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        path.write_bytes(data)  # so that appended records start on a line of their own
+    records = []
+    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise ResultsError(f"{path}:{number} is not a JSON record; use another --out directory") from None
+    return records
+
+
+def _engine_stats(debug: dict) -> dict:
+    stats = debug.get("engine") if isinstance(debug, dict) else None
+    return stats if isinstance(stats, dict) else {}
+
+
+def _seed(base: int, task_id: str, sample: int) -> int:
+    # Stable across runs and processes (unlike hash()), so a resumed sampled run draws the same samples.
+    return (base * 1_000_003 + zlib.crc32(task_id.encode()) * 1009 + sample) % (2**31)
