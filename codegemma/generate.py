@@ -65,12 +65,16 @@ PREFILL_BLOCK = 64
 
 
 @torch.inference_mode()
-def prefill(model: Transformer, tokens: Sequence[int], start: int) -> Tensor:
-    """Compute KV for tokens[start:] (positions start..) and return the logits [V] after the last one."""
+def prefill(model: Transformer, tokens: Sequence[int], start: int,
+            should_stop: Callable[[], bool] | None = None) -> Tensor | None:
+    """Compute KV for tokens[start:] (positions start..) and return the logits [V] after the last one,
+    or None when `should_stop` (polled between blocks) asked to stop."""
     if start % PREFILL_BLOCK:
         raise ValueError(f"prefill must start on a multiple of {PREFILL_BLOCK}, not {start}")
     logits = None
     for lo in range(start, len(tokens), PREFILL_BLOCK):
+        if should_stop is not None and lo > start and should_stop():
+            return None
         piece = tokens[lo:lo + PREFILL_BLOCK]
         # only the last position's logits are needed: skip the big output layer for the rest
         h = model.hidden(torch.tensor([piece]), lo)
@@ -164,9 +168,12 @@ def generate(model: Transformer, prompt: Sequence[int], cached: int, *, max_new_
     """
     stats = GenStats(prompt_tokens=len(prompt), cached_tokens=cached)
     t0 = time.perf_counter()
-    logits = prefill(model, prompt, cached)
+    logits = prefill(model, prompt, cached, should_stop)
     stats.forward_passes = 1
     stats.prefill_s = time.perf_counter() - t0
+    if logits is None:
+        stats.total_s = stats.prefill_s
+        return Generation([], "", "cancelled", stats), cached
     pos = len(prompt)                      # positions [0, pos) hold valid KV
     room = model.max_len - pos
     budget = min(max_new_tokens, room)

@@ -32,6 +32,19 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), scale, self.eps).to(x.dtype)
 
 
+def _fused_linear(*parts: nn.Linear) -> nn.Linear:
+    """One Linear whose output is the concatenation of `parts`; each part's weight becomes a view of it."""
+    weight = torch.cat([p.weight.detach() for p in parts])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    row = 0
+    for p in parts:
+        n = p.weight.shape[0]
+        p.weight = nn.Parameter(weight[row:row + n], requires_grad=False)
+        row += n
+    return fused
+
+
 class KVCache(nn.Module):
     """Preallocated keys and values for one layer, [1, n_kv_heads, max_len, head_dim]."""
 
@@ -82,15 +95,24 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
         self.kv_cache: KVCache | None = None
 
+    def fuse(self) -> None:
+        """For inference: one matrix product for q, k and v (fewer, larger reads per token). The separate
+        projections become views of the fused weight, so memory and checkpoint names stay as they were."""
+        self.qkv = _fused_linear(self.q_proj, self.k_proj, self.v_proj)
+        if self.cfg.qk_norm:  # both norms' (1 + w) per head, so q and k normalise in one call
+            self.qk_scale = torch.cat([self.q_norm.scale.expand(self.n_heads, -1),
+                                       self.k_norm.scale.expand(self.n_kv, -1)])  # [H + KV, D] float32
+
     def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
         B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, S, self.n_kv, self.head_dim)
-        v = self.v_proj(x).view(B, S, self.n_kv, self.head_dim)
-        if self.cfg.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        qkv = self.qkv(x).view(B, S, H + 2 * KV, D)
+        qk = qkv[:, :, :H + KV]
+        if self.cfg.qk_norm:  # Gemma 3: RMSNorm per head on q and k, in float32 like every Gemma norm
+            qk = (F.rms_norm(qk.float(), (D,), None, self.q_norm.eps) * self.qk_scale).to(x.dtype)
+        qk = apply_rope(qk.transpose(1, 2), cos, sin)  # [B, H + KV, S, D]
+        q, k = qk[:, :H], qk[:, H:]
+        v = qkv[:, :, H + KV:].transpose(1, 2)  # [B, KV, S, D]
         end = start + S
         self.kv_cache.write(start, k, v)
         # a sliding layer only ever looks back `window` positions: read no more of the cache than that
@@ -122,9 +144,14 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
 
+    def fuse(self) -> None:
+        """For inference: gate and up projections as one matrix product (their weights become views)."""
+        self.gate_up = _fused_linear(self.gate_proj, self.up_proj)
+
     def forward(self, x: Tensor) -> Tensor:
         # GeGLU with the tanh approximation of GELU, as Gemma was trained
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 class DecoderLayer(nn.Module):
@@ -173,13 +200,17 @@ class Transformer(nn.Module):
         return self.model.norm.weight.dtype  # norms stay in the model dtype under int8 too
 
     def setup_cache(self, max_len: int) -> None:
-        """Allocate every layer's KV cache for `max_len` positions and the RoPE tables for them, and fix
-        the norms' scales for inference (call again after changing weights)."""
+        """Allocate every layer's KV cache for `max_len` positions and the RoPE tables for them, and prepare
+        the weights for inference: fixed norm scales, fused q/k/v and gate/up products."""
         cfg, dtype = self.cfg, self.dtype
         self.max_len = max_len
         for norm in self.modules():
             if isinstance(norm, RMSNorm):
                 norm.freeze()
+        for layer in self.model.layers:
+            if not hasattr(layer.mlp, "gate_up"):
+                layer.self_attn.fuse()
+                layer.mlp.fuse()
         for layer in self.model.layers:
             layer.self_attn.kv_cache = KVCache(cfg.n_kv_heads, max_len, cfg.head_dim, dtype)
         bases = {cfg.rope_base_for(i) for i in range(cfg.n_layers)}

@@ -57,12 +57,14 @@ class Int8Embedding(nn.Module):
 
 
 def quantize_int8(model: Transformer) -> Transformer:
-    """Replace every projection and the tied embedding with int8 weight-only versions, in place."""
+    """Replace every projection and the tied embedding with int8 weight-only versions, in place.
+    Call after `setup_cache`, which fuses the projections."""
     dtype = model.dtype
     for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear(child.weight.data, dtype))
+        attn, mlp = layer.self_attn, layer.mlp
+        # the fused products are what runs; the separate projections were only views into them
+        attn.qkv, attn.o_proj = Int8Linear(attn.qkv.weight.data, dtype), Int8Linear(attn.o_proj.weight.data, dtype)
+        mlp.gate_up, mlp.down_proj = Int8Linear(mlp.gate_up.weight.data, dtype), Int8Linear(mlp.down_proj.weight.data, dtype)
+        del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
     model.model.embed_tokens = Int8Embedding(model.model.embed_tokens.weight.data, dtype)
     return model

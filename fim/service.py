@@ -45,7 +45,7 @@ class CompletionService:
         self._ready = threading.Event()
         self._closed = False
         self._queue: queue.Queue = queue.Queue()
-        self._waiting = 0  # requests submitted and not yet picked up by the worker
+        self._waiting: dict[Future, Callable[[], bool] | None] = {}  # submitted, not yet picked up
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
 
@@ -81,10 +81,12 @@ class CompletionService:
                 raise ServiceNotReadyError("the completion service is closed")
             if self.error is not None:
                 raise ServiceNotReadyError(f"the model failed to load: {self.error}")
-            if self._waiting >= self.max_queue:
-                raise QueueFullError(f"{self._waiting} completion requests are already waiting (max {self.max_queue})")
-            self._waiting += 1
-        future: Future = Future()
+            # requests already cancelled (by Future.cancel or their should_stop) hold no place in the queue
+            live = sum(1 for f, stop in self._waiting.items() if not (f.cancelled() or (stop and stop())))
+            if live >= self.max_queue:
+                raise QueueFullError(f"{live} completion requests are already waiting (max {self.max_queue})")
+            future: Future = Future()
+            self._waiting[future] = should_stop
         self._queue.put((future, request, should_stop, on_text))
         return future
 
@@ -106,7 +108,9 @@ class CompletionService:
                 return
             future, request, should_stop, on_text = item
             with self._lock:
-                self._waiting -= 1
+                self._waiting.pop(future, None)
+            if should_stop is not None and should_stop():
+                future.cancel()  # superseded while it waited: no prefill for an answer nobody reads
             if not future.set_running_or_notify_cancel():
                 continue
             # A request that raced the failed load still gets an answer rather than waiting forever.
@@ -151,7 +155,7 @@ class CompletionService:
                 continue
             future = item[0]
             with self._lock:
-                self._waiting -= 1
+                self._waiting.pop(future, None)
             if error is None:
                 future.cancel()
             elif future.set_running_or_notify_cancel():

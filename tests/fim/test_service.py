@@ -33,11 +33,17 @@ def test_queue_is_bounded(fim_engine):
     first, second = service.submit(REQUEST), service.submit(REQUEST)
     with pytest.raises(QueueFullError, match="2 completion requests are already waiting"):
         service.submit(REQUEST)
-    first.cancel()  # a cancelled Future still holds its place until the worker skips it
+    first.cancel()  # a cancelled request gives its place back at once
+    superseded = threading.Event()
+    third = service.submit(REQUEST, should_stop=superseded.is_set)
+    with pytest.raises(QueueFullError):
+        service.submit(REQUEST)
+    superseded.set()  # a request whose should_stop is true holds no place either
+    fourth = service.submit(REQUEST)
     service.start()
     try:
-        assert second.result(timeout=60).stop_reason
-        assert first.cancelled()
+        assert second.result(timeout=60).stop_reason and fourth.result(timeout=60).stop_reason
+        assert first.cancelled() and third.cancelled()  # skipped without running the model
         assert service.submit(REQUEST).result(timeout=60)  # room again once the queue drained
     finally:
         service.close()
@@ -47,7 +53,8 @@ def test_should_stop_cancels_a_running_request(fim_engine):
     service = CompletionService(engine=fim_engine)
     service.start()
     try:
-        response = service.submit(REQUEST, should_stop=lambda: True).result(timeout=60)
+        polls = iter([False])  # still wanted when the worker picks it up, superseded right after
+        response = service.submit(REQUEST, should_stop=lambda: next(polls, True)).result(timeout=60)
         assert response.stop_reason == "cancelled"
     finally:
         service.close()

@@ -1,0 +1,67 @@
+"""`codegemma lsp`: run the language server over stdio (what editors start) or TCP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Log records as single lines without tracebacks: the editor shows the server's stderr in its
+    LSP log, and pygls logs a full traceback for every malformed message or refused request (the
+    client already got an error response naming the problem)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage().split("\n", 1)[0]
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            message += f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        return f"codegemma-lsp {record.levelname} {record.name}: {message}"
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, e.g. 127.0.0.1:2087, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codegemma lsp",
+        description="CodeGemma language server: inline completions (LSP 3.18) over stdio or TCP.",
+    )
+    parser.add_argument("--model", default=None,
+                        help="model path (HF checkpoint dir or .gguf) or name for codegemma.load; "
+                             "default: the embedded model. initializationOptions.model overrides it.")
+    parser.add_argument("--tcp", type=_host_port, metavar="HOST:PORT",
+                        help="serve one client over TCP instead of stdio")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                        help="stderr log level (default: warning)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+
+    from lsp.server import server  # imported here: `--help` should not pay for pygls and torch
+
+    server.settings = replace(server.settings, model=args.model)
+    try:
+        if args.tcp is not None:
+            server.start_tcp(*args.tcp)
+        else:
+            server.start_io()
+    except OSError as error:
+        print(f"codegemma lsp: {error.strerror or error}", file=sys.stderr)
+        return 1
+    return 0 if server.shutdown_requested else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Settings from initializationOptions / didChangeConfiguration: valid keys apply, the rest is reported."""
+
+from lsp.settings import Settings, apply_settings
+
+
+def test_valid_settings_apply_including_nested_codegemma_section():
+    settings, problems = apply_settings(Settings(), {"codegemma": {
+        "model": "/models/cg", "maxTokens": 32, "temperature": 0.2, "debounceMs": 0, "context": False,
+        "languages": {"markdown": False, "*": True}, "speculative": False, "reusePrompt": False}})
+    assert problems == []
+    assert settings == Settings(model="/models/cg", max_tokens=32, temperature=0.2, debounce_ms=0, context=False,
+                                languages={"markdown": False, "*": True}, speculative=False, reuse_prompt=False)
+    assert not settings.enabled_for("markdown") and settings.enabled_for("python")
+
+
+def test_unknown_and_invalid_settings_are_reported_and_ignored():
+    base = Settings(max_tokens=16)
+    settings, problems = apply_settings(base, {"maxTokens": "many", "temperature": -1, "colour": "red",
+                                               "context": 1, "languages": ["python"], "debounceMs": 40})
+    assert settings == Settings(max_tokens=16, debounce_ms=40)
+    assert len(problems) == 5
+    assert "setting 'maxTokens' = 'many' ignored: expected an integer from 1 to 2048" in problems
+    assert any(p.startswith("unknown setting 'colour' ignored") for p in problems)
+
+
+def test_non_object_payload_and_none():
+    assert apply_settings(Settings(), None) == (Settings(), [])
+    settings, problems = apply_settings(Settings(), [1, 2])
+    assert settings == Settings() and problems == ["settings must be an object, got list: ignored"]
+
+
+def test_languages_default_switch():
+    settings, _ = apply_settings(Settings(), {"languages": {"*": False, "python": True}})
+    assert settings.enabled_for("python") and not settings.enabled_for("go")
