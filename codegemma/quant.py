@@ -29,31 +29,21 @@ class Int8Linear(nn.Module):
         q, s = quantize_rows(weight)
         self.register_buffer("weight", q)
         self.register_buffer("scales", s.to(dtype))
-        self.out_features, self.in_features = q.shape
+        self.dtype = dtype
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.scales)
-        return out.reshape(*shape[:-1], self.out_features)
+        return out.reshape(*shape[:-1], self.weight.shape[0])
 
 
-class Int8Embedding(nn.Module):
+class Int8Embedding(Int8Linear):
     """Tied embedding in int8: lookup dequantizes the rows it needs; `linear` is the output layer."""
 
-    def __init__(self, weight: Tensor, dtype: torch.dtype):
-        super().__init__()
-        q, s = quantize_rows(weight)
-        self.register_buffer("weight", q)
-        self.register_buffer("scales", s.to(dtype))
-        self.dtype = dtype
+    linear = Int8Linear.forward
 
     def forward(self, tokens: Tensor) -> Tensor:
         return F.embedding(tokens, self.weight).to(self.dtype) * self.scales[tokens][..., None]
-
-    def linear(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.scales)
-        return out.reshape(*shape[:-1], self.weight.shape[0])
 
 
 def quantize_int8(model: Transformer) -> Transformer:

@@ -30,7 +30,8 @@ class Sampler:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # below this, logits / temperature overflows float32: such a temperature means greedy anyway
+        return self.temperature < 1e-5
 
     def probs(self, logits: Tensor) -> Tensor:
         """logits [..., V] -> warped probabilities [..., V] (float32)."""

@@ -1,0 +1,61 @@
+"""What every route shares: the one completion worker, the settings and the metrics."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from fim.http.errors import ApiError, unavailable
+from fim.http.metrics import Metrics
+from fim.http.settings import ServerSettings
+from fim.service import CompletionService
+
+
+@dataclass
+class AppState:
+    service: CompletionService
+    settings: ServerSettings
+    metrics: Metrics = field(default_factory=Metrics)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def model_name(self) -> str:
+        engine = self.service.engine
+        return engine.name if engine is not None else self.settings.model_label
+
+    def require_ready(self) -> None:
+        """503 (with Retry-After) unless the model has loaded; a failed load is reported as such."""
+        if self.service.error is not None:
+            raise ApiError(503, f"the model failed to load: {self.service.error}")
+        if not self.service.ready:
+            self.metrics.rejected("loading")
+            raise unavailable("the model is still loading; retry shortly", self.settings.retry_after_s)
+
+    def check_new_tokens(self, field_name: str, requested: int) -> int:
+        """The number of tokens to generate for a request field; 422 when it is above the server's limit.
+
+        A negative request (llama.cpp's -1) means "as many as you like": the server default.
+        """
+        if requested < 0:
+            return self.settings.default_new_tokens
+        limit = self.settings.max_new_tokens
+        if requested > limit:
+            self.metrics.rejected("limit")
+            raise ApiError(422, f"{field_name} {requested} exceeds this server's limit of {limit} tokens "
+                                f"(max_new_tokens; start the server with a higher --max-tokens to allow it)")
+        context = self.service.engine.max_seq_len if self.service.engine is not None else None
+        if context is not None and requested >= context:
+            self.metrics.rejected("limit")
+            raise ApiError(422, f"{field_name} {requested} leaves no room for a prompt in the model's context "
+                                f"of {context} tokens")
+        return requested
+
+
+def app_state(request: Request) -> AppState:
+    """FastAPI dependency: the state the app was created with."""
+    return request.app.state.codegemma
+
+
+State = Annotated[AppState, Depends(app_state)]  # a route parameter typed State receives the app's state

@@ -1,0 +1,54 @@
+"""Real uvicorn servers on 127.0.0.1 (free ports) in background threads, for the HTTP API tests.
+
+Each server owns its CompletionService; tests talk to it over a real socket with httpx.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+import uvicorn
+
+from fim.http import ServerSettings, create_app
+from fim.service import CompletionService
+
+API_KEY = "test-key-0123456789"
+
+
+@dataclass
+class LiveServer:
+    url: str
+    service: CompletionService
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60.0), **kwargs)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.service.close()
+
+
+def start_server(service: CompletionService, settings: ServerSettings, start_service: bool = True) -> LiveServer:
+    """Serve create_app(service, settings) on a free loopback port; returns once it accepts connections."""
+    if start_service:
+        service.start()
+        assert service.wait_ready(120), service.error
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service, settings), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.01)
+    return LiveServer(f"http://127.0.0.1:{port}", service, server, thread)
+
+

@@ -1,0 +1,44 @@
+"""The loopback load test (`codegemma bench http`), once with a tiny engine and once with the real model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fim.http.loadtest import main, percentile
+
+
+def _report(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_percentile():
+    assert percentile([], 0.5) == 0.0
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.95) == 4.0
+
+
+def test_loadtest_rejects_bad_arguments(capsys):
+    assert main(["--clients", "0"]) == 2
+    assert "--clients" in capsys.readouterr().err
+
+
+def test_loadtest_with_a_tiny_engine(capsys):
+    code = main(["--model", "tiny:fim", "--clients", "3", "--duration", "4", "--n-predict", "4",
+                 "--prefix-chars", "200", "--max-rss-mb", "2000", "--startup-timeout", "120"])
+    report = _report(capsys)
+    assert code == 0, report
+    assert report["survived"] and report["after_ok"] and report["ok"] >= 1
+    assert report["status_counts"].get("200", 0) == report["ok"]
+    assert 0 < report["p50_ms"] <= report["p95_ms"] and report["peak_rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_loadtest_with_the_default_model(capsys):
+    code = main(["--clients", "3", "--duration", "15", "--n-predict", "8", "--prefix-chars", "400",
+                 "--max-rss-mb", "2500", "--startup-timeout", "300"])
+    report = _report(capsys)
+    assert code == 0, report
+    assert report["model"] == "default" and report["ok"] >= 1
+    assert report["survived"] and report["after_ok"] and report["peak_rss_mb"] <= 2500
+    assert not set(report["status_counts"]) - {"200", "503", "unfinished"}, report["status_counts"]
