@@ -100,8 +100,9 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype) -> tuple[Transfor
     if tokenizer.vocab_size > cfg.vocab_size:  # fewer is fine: embeddings are often padded
         raise CheckpointError(f"{directory}: tokenizer.model has {tokenizer.vocab_size} tokens, more than the "
                               f"{cfg.vocab_size} rows config.json gives the embedding")
-    cfg = cfg.replace(fim_tokens=tokenizer.has_fim)
+    cfg = cfg.replace(fim_tokens=tokenizer.has_fim,
+                      n_tokens=tokenizer.vocab_size if tokenizer.vocab_size < cfg.vocab_size else None)
     with torch.device("meta"):
         model = Transformer(cfg)
     load_weights(model, weight_files(directory), dtype)
-    return model.eval(), tokenizer
+    return model.eval().requires_grad_(False), tokenizer

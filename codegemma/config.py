@@ -38,6 +38,8 @@ class GemmaConfig:
     sliding_period: int | None = None
     qk_norm: bool = False                # Gemma 3: RMSNorm on q and k per head
     fim_tokens: bool = False             # the vocabulary has the four CodeGemma FIM tokens
+    # ids the tokenizer defines, when the embedding has padding rows beyond them (never predicted)
+    n_tokens: int | None = None
 
     @property
     def q_scale(self) -> float:

@@ -22,7 +22,7 @@ from codegemma.quant import quantize_int8
 DEFAULT_MODEL = "gemma-3-270m"
 # KV cache positions allocated per engine: enough for a CPU-sized FIM prompt plus its completion, while the
 # cache of a 32k-context model would cost more memory than its weights (override with CODEGEMMA_CTX).
-DEFAULT_CTX = 4096
+DEFAULT_CTX = 2048
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
 
 

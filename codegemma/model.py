@@ -32,19 +32,6 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), scale, self.eps).to(x.dtype)
 
 
-def _fused_linear(*parts: nn.Linear) -> nn.Linear:
-    """One Linear whose output is the concatenation of `parts`; each part's weight becomes a view of it."""
-    weight = torch.cat([p.weight.detach() for p in parts])
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    fused.weight = nn.Parameter(weight, requires_grad=False)
-    row = 0
-    for p in parts:
-        n = p.weight.shape[0]
-        p.weight = nn.Parameter(weight[row:row + n], requires_grad=False)
-        row += n
-    return fused
-
-
 class KVCache(nn.Module):
     """Preallocated keys and values for one layer, [1, n_kv_heads, max_len, head_dim]."""
 
@@ -93,20 +80,27 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.qkv: nn.Module | None = None
         self.kv_cache: KVCache | None = None
 
-    def fuse(self) -> None:
-        """For inference: one matrix product for q, k and v (fewer, larger reads per token). The separate
-        projections become views of the fused weight, so memory and checkpoint names stay as they were."""
-        self.qkv = _fused_linear(self.q_proj, self.k_proj, self.v_proj)
-        if self.cfg.qk_norm:  # both norms' (1 + w) per head, so q and k normalise in one call
+    def freeze(self) -> None:
+        """For inference, after the norms froze: both qk norms' (1 + w) per head, so that q and k
+        normalise in one call."""
+        if self.cfg.qk_norm:
             self.qk_scale = torch.cat([self.q_norm.scale.expand(self.n_heads, -1),
                                        self.k_norm.scale.expand(self.n_kv, -1)])  # [H + KV, D] float32
+
+    def project(self, x: Tensor) -> Tensor:
+        """q, k and v side by side [B, S, (H + 2 KV) * D]. int8 models fuse the three weights into one
+        `qkv` product (codegemma.quant); bf16/fp32 weights stay memory-mapped as the checkpoint has them."""
+        if self.qkv is not None:
+            return self.qkv(x)
+        return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
 
     def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
         B, S, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        qkv = self.qkv(x).view(B, S, H + 2 * KV, D)
+        qkv = self.project(x).view(B, S, H + 2 * KV, D)
         qk = qkv[:, :, :H + KV]
         if self.cfg.qk_norm:  # Gemma 3: RMSNorm per head on q and k, in float32 like every Gemma norm
             qk = (F.rms_norm(qk.float(), (D,), None, self.q_norm.eps) * self.qk_scale).to(x.dtype)
@@ -143,14 +137,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
-
-    def fuse(self) -> None:
-        """For inference: gate and up projections as one matrix product (their weights become views)."""
-        self.gate_up = _fused_linear(self.gate_proj, self.up_proj)
+        self.gate_up: nn.Module | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        # GeGLU with the tanh approximation of GELU, as Gemma was trained
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        # GeGLU with the tanh approximation of GELU, as Gemma was trained; int8 models fuse gate and up
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
@@ -200,25 +194,19 @@ class Transformer(nn.Module):
         return self.model.norm.weight.dtype  # norms stay in the model dtype under int8 too
 
     def setup_cache(self, max_len: int) -> None:
-        """Allocate every layer's KV cache for `max_len` positions and the RoPE tables for them, and prepare
-        the weights for inference: fixed norm scales, fused q/k/v and gate/up products."""
+        """Allocate every layer's KV cache for `max_len` positions and the RoPE tables for them, and fix the
+        norms' scales for inference (call again after changing weights)."""
         cfg, dtype = self.cfg, self.dtype
         self.max_len = max_len
         for norm in self.modules():
             if isinstance(norm, RMSNorm):
                 norm.freeze()
         for layer in self.model.layers:
-            if not hasattr(layer.mlp, "gate_up"):
-                layer.self_attn.fuse()
-                layer.mlp.fuse()
+            layer.self_attn.freeze()
         for layer in self.model.layers:
             layer.self_attn.kv_cache = KVCache(cfg.n_kv_heads, max_len, cfg.head_dim, dtype)
         bases = {cfg.rope_base_for(i) for i in range(cfg.n_layers)}
         self._rope = {b: tuple(t.to(dtype) for t in rope_tables(cfg.head_dim, b, max_len)) for b in bases}
-        positions = torch.arange(max_len)
-        causal = positions[None, :] <= positions[:, None]  # [T, T]
-        self._causal = causal
-        self._sliding = causal & (positions[:, None] - positions[None, :] < (cfg.sliding_window or max_len))
 
     def embed(self, tokens: Tensor) -> Tensor:
         h = self.model.embed_tokens(tokens)
@@ -231,6 +219,8 @@ class Transformer(nn.Module):
         h = self.model.norm(h)
         # an int8 embedding (codegemma.quant) brings its own output product
         logits = emb.linear(h) if hasattr(emb, "linear") else F.linear(h, emb.weight)
+        if self.cfg.n_tokens is not None:  # padding rows of the embedding are no tokens
+            logits = logits[..., :self.cfg.n_tokens]
         if self.cfg.final_softcap is not None:
             cap = self.cfg.final_softcap
             logits = torch.tanh(logits.float() / cap) * cap
@@ -249,7 +239,9 @@ class Transformer(nn.Module):
         S = tokens.shape[1]
         end = start + S
         x = self.embed(tokens)
-        masks = {False: self._causal[start:end, :end], True: self._sliding[start:end, :end]}
+        q_pos, k_pos = torch.arange(start, end)[:, None], torch.arange(end)[None, :]
+        causal = k_pos <= q_pos  # [S, end]; built per call: a [T, T] table would cost T^2 bytes
+        masks = {False: causal, True: causal & (q_pos - k_pos < (self.cfg.sliding_window or end))}
         for layer in self.model.layers:
             attn = layer.self_attn
             cos, sin = self._rope[attn.rope_base]

@@ -46,15 +46,16 @@ class Int8Embedding(Int8Linear):
         return F.embedding(tokens, self.weight).to(self.dtype) * self.scales[tokens][..., None]
 
 
+@torch.no_grad()
 def quantize_int8(model: Transformer) -> Transformer:
-    """Replace every projection and the tied embedding with int8 weight-only versions, in place.
-    Call after `setup_cache`, which fuses the projections."""
+    """Replace every projection and the tied embedding with int8 weight-only versions, in place."""
     dtype = model.dtype
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        # the fused products are what runs; the separate projections were only views into them
-        attn.qkv, attn.o_proj = Int8Linear(attn.qkv.weight.data, dtype), Int8Linear(attn.o_proj.weight.data, dtype)
-        mlp.gate_up, mlp.down_proj = Int8Linear(mlp.gate_up.weight.data, dtype), Int8Linear(mlp.down_proj.weight.data, dtype)
+        # quantizing copies the weights anyway, so q/k/v and gate/up become one product each
+        attn.qkv = Int8Linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), dtype)
+        mlp.gate_up = Int8Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype)
+        attn.o_proj, mlp.down_proj = Int8Linear(attn.o_proj.weight, dtype), Int8Linear(mlp.down_proj.weight, dtype)
         del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
     model.model.embed_tokens = Int8Embedding(model.model.embed_tokens.weight.data, dtype)
     return model
