@@ -22,7 +22,11 @@ def config_for(spec: str) -> GemmaConfig:
         from codegemma.gguf_format import read_gguf
 
         return gguf_config(read_gguf(path))
-    if spec in PRESETS or not path.exists():
+    if spec in PRESETS:
+        return preset(spec)
+    if not path.exists() and ("/" in spec or spec.endswith(".gguf")):
+        raise ModelNotFoundError(f"{spec}: no such file or directory")
+    if not path.exists():
         return preset(spec)
     raise ModelNotFoundError(f"{spec}: expected a preset, a checkpoint directory or a .gguf file")
 

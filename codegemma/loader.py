@@ -83,8 +83,8 @@ def resolve(model: str | None) -> Path | str:
 def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8: bool = False,
          max_seq_len: int | None = None, draft: str | None = None) -> Engine:
     """Load an Engine. `draft` optionally names a smaller model with the same tokenizer for speculation."""
-    target = resolve(model)
     torch_dtype = parse_dtype(dtype)
+    target = resolve(model)
     if isinstance(target, str):  # tiny test engines
         from codegemma.testing import tiny_engine
 
