@@ -83,10 +83,10 @@ def test_selected_completion_item_is_continued_with_its_range(lsp_server):
 
 
 def test_burst_superseded_requests_come_back_cancelled_quickly(lsp_server):
-    lsp_server.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 256}})
-    # After "# " the tiny model writes over a hundred tokens: the first request is still generating
-    # (or waiting for the worker) when the burst supersedes it.
-    with opened(lsp_server, "# "), _restore_max_tokens(lsp_server):
+    # The debounce holds each request briefly, as in an editor: the burst supersedes the first request while
+    # it waits (or, on a slow machine, while it generates: after "# " the tiny model writes 100+ tokens).
+    lsp_server.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 256, "debounceMs": 200}})
+    with opened(lsp_server, "# "), _restore_settings(lsp_server):
         first = inline(lsp_server, pos(0, 2))
         burst = [inline(lsp_server, pos(0, 2)) for _ in range(4)]
         last = burst[-1].result(timeout=120)
@@ -100,8 +100,9 @@ def test_burst_superseded_requests_come_back_cancelled_quickly(lsp_server):
 
 
 def test_cancel_request_is_honoured(lsp_server):
-    lsp_server.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 256}})
-    with opened(lsp_server, "# "), _restore_max_tokens(lsp_server):
+    # a long debounce holds the request in the server, so the cancel surely arrives before any answer
+    lsp_server.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 256, "debounceMs": 1500}})
+    with opened(lsp_server, "# "), _restore_settings(lsp_server):
         pending = inline(lsp_server, pos(0, 2))
         time.sleep(0.05)
         lsp_server.cancel(pending)
@@ -114,11 +115,11 @@ def test_cancel_request_is_honoured(lsp_server):
 
 
 @contextlib.contextmanager
-def _restore_max_tokens(client):
+def _restore_settings(client):
     try:
         yield
     finally:
-        client.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": TEST_OPTIONS["maxTokens"]}})
+        client.notify("workspace/didChangeConfiguration", {"settings": TEST_OPTIONS})
 
 
 def test_utf8_client_without_inline_completion_settings_problems_and_language_switch():
