@@ -121,14 +121,22 @@ class Attention(nn.Module):
         B, H, S, D = q.shape
         rep = H // self.n_kv
         qg = q.reshape(B, self.n_kv, rep * S, D)
-        scores = (qg @ k.transpose(-1, -2)).float() * self.cfg.q_scale  # [B, KV, rep*S, T]
+        scores = _matmul(qg, k, transpose=True).float() * self.cfg.q_scale  # [B, KV, rep*S, T]
         if self.cfg.attn_softcap is not None:  # Gemma 2 caps attention logits with tanh(x / c) * c
             cap = self.cfg.attn_softcap
             scores = torch.tanh(scores / cap) * cap
         if mask is not None:
             scores = scores.view(B, self.n_kv, rep, S, -1).masked_fill(~mask, float("-inf")).view(B, self.n_kv, rep * S, -1)
         probs = torch.softmax(scores, dim=-1).to(v.dtype)  # softmax in float32, as the reference does
-        return (probs @ v).view(B, H, S, D)
+        return _matmul(probs, v).view(B, H, S, D)
+
+
+def _matmul(a: Tensor, b: Tensor, transpose: bool = False) -> Tensor:
+    """a @ b (or a @ b^T) over [B, KV, ., .] stacks. With one stack (batch 1 and MQA: CPU decoding of
+    Gemma 2B / Gemma 3 270M) a 2-D product runs about twice as fast as the batched one on CPU, same result."""
+    if a.shape[0] * a.shape[1] == 1:
+        return F.linear(a[0, 0], b[0, 0] if transpose else b[0, 0].t())[None, None]
+    return a @ (b.transpose(-1, -2) if transpose else b)
 
 
 class MLP(nn.Module):
