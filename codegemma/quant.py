@@ -58,4 +58,8 @@ def quantize_int8(model: Transformer) -> Transformer:
         attn.o_proj, mlp.down_proj = Int8Linear(attn.o_proj.weight, dtype), Int8Linear(mlp.down_proj.weight, dtype)
         del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
     model.model.embed_tokens = Int8Embedding(model.model.embed_tokens.weight.data, dtype)
+    # The norms are all that is left of the checkpoint; copy them so that its memory map (every page of
+    # which quantizing touched) can be released instead of staying resident for a few small vectors.
+    for p in model.parameters():
+        p.data = p.data.clone()
     return model
