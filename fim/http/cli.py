@@ -74,6 +74,8 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
+        # listen now, not when uvicorn starts: a client that read "listening on" must never be refused
+        sock.listen(2048)
     except OSError as error:
         sock.close()
         raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
