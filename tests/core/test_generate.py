@@ -179,3 +179,16 @@ def test_special_token_text_is_not_injected(engine):
     ids = engine.tokenizer.encode("a <|fim_prefix|> b")
     assert engine.tokenizer.fim_prefix_id not in ids
     assert engine.tokenizer.decode(ids) == "a <|fim_prefix|> b"
+
+
+def test_fim_aliases_give_a_plain_vocabulary_fim_ids():
+    """A model without FIM tokens can have them mapped onto unused ids (what a FIM adapter does)."""
+    from codegemma.tokenizer import FIM_TOKENS, Tokenizer
+
+    plain = tiny_engine(fim=False).tokenizer
+    assert not plain.has_fim and plain.fim_prefix_id is None
+    aliased = Tokenizer(plain.sp, fim_aliases=dict(zip(FIM_TOKENS, (10, 11, 12, 13))))
+    assert aliased.has_fim
+    assert (aliased.fim_prefix_id, aliased.fim_suffix_id, aliased.fim_middle_id, aliased.file_separator_id) == (
+        10, 11, 12, 13)
+    assert {10, 11, 12, 13, plain.eos_id} <= aliased.stop_ids
