@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from codegemma.drafters import Drafter, ModelDrafter, NGramDrafter
-from codegemma.errors import PromptTooLongError, TokenizerError
+from codegemma.errors import PromptTooLongError
 from codegemma.generate import PREFILL_BLOCK, Generation, TextStream, generate
 from codegemma.model import Transformer
 from codegemma.prompt_cache import PromptCache
@@ -47,11 +47,6 @@ class Engine:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    def _check_ids(self, ids: Sequence[int]) -> None:
-        bad = next((i for i in ids if not 0 <= i < self.tokenizer.vocab_size), None)
-        if bad is not None:
-            raise TokenizerError(f"token id {bad} is outside the vocabulary (0..{self.tokenizer.vocab_size - 1})")
-
     def _drafter(self, sampler: Sampler) -> Drafter:
         if self.draft_model is not None:
             return ModelDrafter(self.draft_model, Sampler(sampler.temperature, sampler.top_k, sampler.top_p,
@@ -69,7 +64,7 @@ class Engine:
         prompt = list(prompt)
         if not prompt:
             raise ValueError("empty prompt: give at least one token (e.g. tokenizer.bos_id)")
-        self._check_ids(prompt)
+        self.tokenizer.check_ids(prompt)
         if len(prompt) >= self.max_seq_len:
             raise PromptTooLongError(f"prompt has {len(prompt)} tokens; this engine's context is "
                                      f"{self.max_seq_len}")

@@ -66,13 +66,16 @@ class Tokenizer:
                 ids += self.sp.encode(part, out_type=int)
         return ids
 
+    def check_ids(self, ids: Sequence[int]) -> None:
+        """Raise TokenizerError for the first id outside the vocabulary."""
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise TokenizerError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+
     def decode(self, ids: Sequence[int]) -> str:
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise TokenizerError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        self.check_ids(ids)
         return self.sp.decode(list(ids))
 
     def id_to_piece(self, i: int) -> str:
-        if not 0 <= i < self.vocab_size:
-            raise TokenizerError(f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1})")
+        self.check_ids([i])
         return self.sp.id_to_piece(i)
