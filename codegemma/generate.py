@@ -182,25 +182,29 @@ def generate(model: Transformer, prompt: Sequence[int], cached: int, *, max_new_
         drafter.reset(prompt, sources)
     forced: int | None = None
     reason = "max_tokens" if budget == max_new_tokens else "context"
+
+    def emit(t: int) -> str | None:
+        """Take one verified token; the stop reason when it ends the generation."""
+        if t in stop_ids:
+            return "eos" if t == eos_id else "stop_token"
+        stats.new_tokens += 1
+        history.append(t)
+        return "stop_string" if stream.add(t) else None
+
     while True:
         token = forced if forced is not None else sampler.sample(logits)
         if stats.new_tokens == 0:
             stats.ttft_s = time.perf_counter() - t0
-        if token in stop_ids:
-            reason = "eos" if token == eos_id else "stop_token"
-            break
-        stats.new_tokens += 1
-        history.append(token)
-        if stream.add(token):
-            reason = "stop_string"
-            break
-        if stats.new_tokens >= budget:
-            break
-        if should_stop is not None and should_stop():
-            reason = "cancelled"
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            reason = "deadline"
+        stop = emit(token)
+        if stop is None:
+            if stats.new_tokens >= budget:
+                break
+            if should_stop is not None and should_stop():
+                stop = "cancelled"
+            elif deadline is not None and time.monotonic() > deadline:
+                stop = "deadline"
+        if stop:
+            reason = stop
             break
         draft, draft_probs = [], None
         if drafter is not None:
@@ -213,22 +217,12 @@ def generate(model: Transformer, prompt: Sequence[int], cached: int, *, max_new_
         accepted, logits, forced = verify(model, token, draft, draft_probs, pos, sampler)
         stats.verify_s += time.perf_counter() - tv
         stats.forward_passes += 1
-        pos += 1
+        pos += 1 + len(accepted)  # the verify pass wrote KV for the token and every accepted draft token
         if draft:
             stats.drafted += len(draft)
             stats.accepted += len(accepted)
             drafter.feedback(len(draft), len(accepted))
-        stop = None
-        for t in accepted:
-            if t in stop_ids:
-                stop = "eos" if t == eos_id else "stop_token"
-                break
-            pos += 1
-            stats.new_tokens += 1
-            history.append(t)
-            if stream.add(t):
-                stop = "stop_string"
-                break
+        stop = next((r for r in map(emit, accepted) if r), None)
         if stop:
             reason = stop
             break
