@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from fim.http import fields
 from fim.http.errors import error_response
 from fim.http.runner import Completion, Finished
-from fim.http.sse import event, stream
+from fim.http.sse import event, stream, unsent
 from fim.http.state import AppState, State
 from fim.request import CompletionOptions, CompletionRequest, FileContext
 
@@ -185,9 +185,7 @@ class Infill:
                 sent = allowed
         finished = self.completion.finished()
         content, stop_type = self.content(finished)
-        # Post-processing may have trimmed text already sent; the final event then carries nothing new.
-        rest = content[len(sent):] if content.startswith(sent) else ""
-        yield event(select_fields(self.final(finished, rest, stop_type), self.body.response_fields))
+        yield event(select_fields(self.final(finished, unsent(content, sent), stop_type), self.body.response_fields))
 
 
 @router.post("/infill", summary="Fill in the middle (llama.cpp server format)")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from fim.http import fields
 from fim.http.errors import ApiError
 from fim.http.runner import Completion, Finished
-from fim.http.sse import event, stream
+from fim.http.sse import event, stream, unsent
 from fim.http.state import AppState, State
 from fim.request import CompletionOptions, CompletionRequest
 
@@ -106,8 +106,7 @@ class OpenAICompletion:
             yield event(self._chunk(piece, None))
         finished = self.completion.finished()
         text = fields.insertion(self.request, finished.response)
-        # Post-processing may have trimmed text already sent; then the last chunk adds nothing.
-        yield event(self._chunk(text[len(sent):] if text.startswith(sent) else "", self.finish_reason(finished)))
+        yield event(self._chunk(unsent(text, sent), self.finish_reason(finished)))
         yield event("[DONE]")
 
 

@@ -19,6 +19,12 @@ def event(data: dict | str) -> str:
     return f"data: {payload}\n\n"
 
 
+def unsent(final: str, sent: str) -> str:
+    """What of the final completion the stream has not sent yet. Post-processing may have trimmed text that
+    was already streamed, which cannot be taken back: then nothing new is sent."""
+    return final[len(sent):] if final.startswith(sent) else ""
+
+
 def error_event(error: Exception) -> str:
     if isinstance(error, ApiError):
         return event(error_body(error.status, error.message))
