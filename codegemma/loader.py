@@ -17,6 +17,7 @@ from codegemma.checkpoint import load_checkpoint
 from codegemma.config import PRESETS
 from codegemma.engine import Engine
 from codegemma.errors import CodegemmaError, ModelNotFoundError
+from codegemma.linear import use_native
 from codegemma.quant import quantize_int8
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -97,6 +98,8 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
     net.setup_cache(min(ctx, net.cfg.max_seq_len))
     if int8:
         quantize_int8(net)
+    else:
+        use_native(net)
     draft_net = None
     if draft is not None:
         dpath = resolve(draft)
@@ -107,6 +110,7 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
             raise CodegemmaError(f"draft model {draft}: its vocabulary ({draft_tok.vocab_size}) differs from the "
                                  f"target's ({tokenizer.vocab_size}); drafts must share the tokenizer")
         draft_net.setup_cache(net.max_len)
+        use_native(draft_net)
     return Engine(net, tokenizer, name + (" int8" if int8 else ""), draft_model=draft_net)
 
 

@@ -195,6 +195,9 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.model = GemmaModel(cfg)
         self.max_len = 0
+        # the output layer when it is not a plain product with the tied embedding: codegemma.linear's native
+        # one or codegemma.quant's int8 one, called as lm_head(hidden, out_dtype)
+        self.lm_head: nn.Module | None = None
         self._rope: dict[float, tuple[Tensor, Tensor]] = {}
 
     @property
@@ -223,10 +226,11 @@ class Transformer(nn.Module):
 
     def output(self, h: Tensor) -> Tensor:
         """Final norm and the tied output layer (with Gemma 2's soft-cap): hidden [B, S, D] -> logits [B, S, V]."""
-        emb = self.model.embed_tokens
         h = self.model.norm(h)
-        # an int8 embedding (codegemma.quant) brings its own output product
-        logits = emb.linear(h) if hasattr(emb, "linear") else F.linear(h, emb.weight)
+        if self.lm_head is not None:
+            logits = self.lm_head(h, torch.float32)
+        else:
+            logits = F.linear(h, self.model.embed_tokens.weight)
         if self.cfg.n_tokens is not None:  # padding rows of the embedding are no tokens
             logits = logits[..., :self.cfg.n_tokens]
         if self.cfg.final_softcap is not None:

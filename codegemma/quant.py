@@ -1,7 +1,7 @@
 """Weight-only int8 quantization (per output channel, symmetric) for CPU decoding.
 
-Decode on CPU is bound by bytes of weights read per token; int8 halves them against bf16, and
-`torch._weight_int8pack_mm` streams them about twice as fast as PyTorch's bf16 matrix-vector product.
+Decode on CPU is bound by bytes of weights read per token; int8 halves them against bf16. A few rows at a
+time go through the native product (codegemma.kernels), a prefill block through `torch._weight_int8pack_mm`.
 Activations stay in the model dtype. The tied embedding is quantized once and serves both as the input
 lookup (dequantized row by row) and as the output layer.
 """
@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from codegemma import kernels
+from codegemma.linear import MAX_ROWS
 from codegemma.model import Transformer
 
 
@@ -24,23 +26,30 @@ def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Int8Linear(nn.Module):
-    def __init__(self, weight: Tensor, dtype: torch.dtype):
-        super().__init__()
-        q, s = quantize_rows(weight)
-        self.register_buffer("weight", q)
-        self.register_buffer("scales", s.to(dtype))
-        self.dtype = dtype
+    """y = x W^T with W int8 [N, K] and a scale per row; quantized from `weight` unless `q`/`scales` are given."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __init__(self, weight: Tensor | None, dtype: torch.dtype, q: Tensor | None = None,
+                 scales: Tensor | None = None):
+        super().__init__()
+        if weight is not None:
+            q, scales = quantize_rows(weight)
+        self.register_buffer("weight", q)
+        self.register_buffer("scales", scales.to(dtype))
+        self.dtype = dtype
+        self.native = kernels.Weights([q], [self.scales]) if kernels.available() else None
+
+    def forward(self, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
+        if self.native is not None and x.numel() <= MAX_ROWS * x.shape[-1]:
+            return self.native(x, out_dtype)
         shape = x.shape
         out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.scales)
-        return out.reshape(*shape[:-1], self.weight.shape[0])
+        out = out.reshape(*shape[:-1], self.weight.shape[0])
+        return out if out_dtype is None else out.to(out_dtype)
 
 
 class Int8Embedding(Int8Linear):
-    """Tied embedding in int8: lookup dequantizes the rows it needs; `linear` is the output layer."""
-
-    linear = Int8Linear.forward
+    """Tied embedding in int8: lookup dequantizes the rows it needs (the output layer is an Int8Linear on the
+    same tensors)."""
 
     def forward(self, tokens: Tensor) -> Tensor:
         return F.embedding(tokens, self.weight).to(self.dtype) * self.scales[tokens][..., None]
@@ -57,7 +66,8 @@ def quantize_int8(model: Transformer) -> Transformer:
         mlp.gate_up = Int8Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype)
         attn.o_proj, mlp.down_proj = Int8Linear(attn.o_proj.weight, dtype), Int8Linear(mlp.down_proj.weight, dtype)
         del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
-    model.model.embed_tokens = Int8Embedding(model.model.embed_tokens.weight.data, dtype)
+    emb = model.model.embed_tokens = Int8Embedding(model.model.embed_tokens.weight.data, dtype)
+    model.lm_head = Int8Linear(None, dtype, emb.weight, emb.scales)
     # The norms are all that is left of the checkpoint; copy them so that its memory map (every page of
     # which quantizing touched) can be released instead of staying resident for a few small vectors.
     for p in model.parameters():

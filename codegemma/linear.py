@@ -1,0 +1,53 @@
+"""Projections for CPU decoding: the checkpoint's float weights (still memory-mapped, never copied) behind the
+native matrix-vector products of codegemma.kernels, one call per fused group (q/k/v, gate/up).
+
+`use_native(model)` swaps them into a loaded Transformer. Decoding and speculative verification pass a
+handful of rows, where the native product streams the weights near memory bandwidth; a prefill block passes
+many, where PyTorch's matrix-matrix product is faster, so above MAX_ROWS the same weights go through it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from codegemma import kernels
+from codegemma.model import Transformer
+
+# Rows (tokens) up to which the native product beats PyTorch's on this kind of CPU: it re-reads the widened
+# weight row from L1 per input row, PyTorch's GEMM blocks for cache reuse (measured with codegemma bench decode)
+MAX_ROWS = 16
+
+
+class FusedLinear(nn.Module):
+    """y = x . concat(W_0, ..., W_n)^T for float weights [N_i, K] kept as they are."""
+
+    def __init__(self, weights: list[Tensor]):
+        super().__init__()
+        self.weights = list(weights)
+        if len(weights) == 1:  # a single matrix keeps its place in the state dict (o_proj.weight, ...)
+            self.weight = weights[0]
+        self.native = kernels.Weights(self.weights) if kernels.available() else None
+
+    def forward(self, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
+        if self.native is not None and x.numel() <= MAX_ROWS * x.shape[-1]:
+            return self.native(x, out_dtype)
+        y = torch.cat([F.linear(x, w) for w in self.weights], -1) if len(self.weights) > 1 else F.linear(x, self.weights[0])
+        return y if out_dtype is None else y.to(out_dtype)
+
+
+@torch.no_grad()
+def use_native(model: Transformer) -> Transformer:
+    """Route a float model's projections and tied output layer through the native products, in place. The
+    parameters stay where they are, under the same names; int8 models bring their own (codegemma.quant)."""
+    if not kernels.available() or model.dtype not in (torch.bfloat16, torch.float32):
+        return model
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.qkv = FusedLinear([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        mlp.gate_up = FusedLinear([mlp.gate_proj.weight, mlp.up_proj.weight])
+        attn.o_proj = FusedLinear([attn.o_proj.weight])
+        mlp.down_proj = FusedLinear([mlp.down_proj.weight])
+    model.lm_head = FusedLinear([model.model.embed_tokens.weight])
+    return model
