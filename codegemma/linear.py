@@ -1,9 +1,10 @@
 """Projections for CPU decoding: the checkpoint's float weights (still memory-mapped, never copied) behind the
-native matrix-vector products of codegemma.kernels, one call per fused group (q/k/v, gate/up).
+native matrix-vector products of codegemma.kernels, one call per fused group (q/k/v, gate/up + GeGLU).
 
 `use_native(model)` swaps them into a loaded Transformer. Decoding and speculative verification pass a
 handful of rows, where the native product streams the weights near memory bandwidth; a prefill block passes
-many, where PyTorch's matrix-matrix product is faster, so above MAX_ROWS the same weights go through it.
+many, where PyTorch's matrix-matrix product is faster, so above kernels.MAX_ROWS the same weights go
+through it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,27 @@ from torch import Tensor, nn
 from codegemma import kernels
 from codegemma.model import Transformer
 
-# Rows (tokens) up to which the native product beats PyTorch's on this kind of CPU: it re-reads the widened
-# weight row from L1 per input row, PyTorch's GEMM blocks for cache reuse (measured with codegemma bench decode)
-MAX_ROWS = 16
+class NativeLinear(nn.Module):
+    """A projection that goes through `self.native` (codegemma.kernels.Weights) when the kernels take the
+    input, else through `torch_product`. With glu its outputs are a gate and its values side by side and
+    the result is Gemma's GeGLU, gelu_tanh(gate) * up."""
+
+    native: kernels.Weights | None = None
+
+    def torch_product(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, out_dtype: torch.dtype | None = None, glu: bool = False) -> Tensor:
+        if self.native is not None and kernels.active(x):
+            return self.native(x, out_dtype, glu)
+        y = self.torch_product(x)
+        if glu:
+            gate, up = y.chunk(2, dim=-1)
+            y = F.gelu(gate, approximate="tanh") * up
+        return y if out_dtype is None else y.to(out_dtype)
 
 
-class FusedLinear(nn.Module):
+class FusedLinear(NativeLinear):
     """y = x . concat(W_0, ..., W_n)^T for float weights [N_i, K] kept as they are."""
 
     def __init__(self, weights: list[Tensor]):
@@ -30,11 +46,10 @@ class FusedLinear(nn.Module):
             self.weight = weights[0]
         self.native = kernels.Weights(self.weights) if kernels.available() else None
 
-    def forward(self, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
-        if self.native is not None and x.numel() <= MAX_ROWS * x.shape[-1]:
-            return self.native(x, out_dtype)
-        y = torch.cat([F.linear(x, w) for w in self.weights], -1) if len(self.weights) > 1 else F.linear(x, self.weights[0])
-        return y if out_dtype is None else y.to(out_dtype)
+    def torch_product(self, x: Tensor) -> Tensor:
+        if len(self.weights) == 1:
+            return F.linear(x, self.weights[0])
+        return torch.cat([F.linear(x, w) for w in self.weights], -1)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from codegemma import kernels
 from codegemma.config import GemmaConfig
 
 
@@ -27,6 +28,8 @@ class RMSNorm(nn.Module):
         self.scale = 1.0 + self.weight.detach().float()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.scale is not None and kernels.active(x):
+            return kernels.add_norm(x, None, None, self.scale, self.eps)[1]
         # Gemma normalises in float32 and scales by (1 + w), w stored zero-centred; cast back at the end.
         scale = self.scale if self.scale is not None else 1.0 + self.weight.float()
         return F.rms_norm(x.float(), (x.shape[-1],), scale, self.eps).to(x.dtype)
@@ -45,6 +48,16 @@ class KVCache(nn.Module):
         end = start + k.shape[2]
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
+
+
+def add_norm(x: Tensor, h: Tensor, post: RMSNorm | None, out: RMSNorm | None) -> tuple[Tensor, Tensor | None]:
+    """Gemma's residual step: x + post(h), and out() of that for the next block (post/out None: skipped).
+    One native call when the kernels take it, instead of up to ten small operations."""
+    if (post is None or post.scale is not None) and (out is None or out.scale is not None) and kernels.active(x):
+        eps = (post or out).eps if (post or out) else 0.0
+        return kernels.add_norm(x, h, post.scale if post else None, out.scale if out else None, eps)
+    x = x + (post(h) if post is not None else h)
+    return x, out(x) if out is not None else None
 
 
 def rope_tables(head_dim: int, base: float, max_len: int) -> tuple[Tensor, Tensor]:
@@ -81,6 +94,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
         self.qkv: nn.Module | None = None
+        self.qk_scale: Tensor | None = None
         self.kv_cache: KVCache | None = None
 
     def freeze(self) -> None:
@@ -100,7 +114,13 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
         B, S, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        qkv = self.project(x).view(B, S, H + 2 * KV, D)
+        qkv = self.project(x)
+        if kernels.active(qkv) and B == 1:  # decoding: norms, RoPE, cache write and attention in one call
+            out = kernels.attention(qkv, H, KV, D, start, self.kv_cache.k, self.kv_cache.v, cos, sin,
+                                    self.qk_scale, self.cfg.q_scale, self.cfg.attn_softcap,
+                                    self.window, self.cfg.norm_eps)
+            return self.o_proj(out)
+        qkv = qkv.view(B, S, H + 2 * KV, D)
         qk = qkv[:, :, :H + KV]
         if self.cfg.qk_norm:  # Gemma 3: RMSNorm per head on q and k, in float32 like every Gemma norm
             qk = (F.rms_norm(qk.float(), (D,), None, self.q_norm.eps) * self.qk_scale).to(x.dtype)
@@ -148,12 +168,11 @@ class MLP(nn.Module):
         self.gate_up: nn.Module | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        # GeGLU with the tanh approximation of GELU, as Gemma was trained; int8 models fuse gate and up
+        # GeGLU with the tanh approximation of GELU, as Gemma was trained; fused projections (int8, native)
+        # compute it as part of the gate/up product
         if self.gate_up is not None:
-            gate, up = self.gate_up(x).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+            return self.down_proj(self.gate_up(x, glu=True))
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -173,10 +192,10 @@ class DecoderLayer(nn.Module):
     def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
         h = self.self_attn(self.input_layernorm(x), start, cos, sin, mask)
         if self.sandwich:
-            x = x + self.post_attention_layernorm(h)
-            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
-        x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x))
+            x, h = add_norm(x, h, self.post_attention_layernorm, self.pre_feedforward_layernorm)
+            return add_norm(x, self.mlp(h), self.post_feedforward_layernorm, None)[0]
+        x, h = add_norm(x, h, None, self.post_attention_layernorm)
+        return add_norm(x, self.mlp(h), None, None)[0]
 
 
 class GemmaModel(nn.Module):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codegemma import kernels
-from codegemma.linear import MAX_ROWS
+from codegemma.linear import NativeLinear
 from codegemma.model import Transformer
 
 
@@ -25,7 +25,7 @@ def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
     return q, scales
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(NativeLinear):
     """y = x W^T with W int8 [N, K] and a scale per row; quantized from `weight` unless `q`/`scales` are given."""
 
     def __init__(self, weight: Tensor | None, dtype: torch.dtype, q: Tensor | None = None,
@@ -38,13 +38,10 @@ class Int8Linear(nn.Module):
         self.dtype = dtype
         self.native = kernels.Weights([q], [self.scales]) if kernels.available() else None
 
-    def forward(self, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
-        if self.native is not None and x.numel() <= MAX_ROWS * x.shape[-1]:
-            return self.native(x, out_dtype)
+    def torch_product(self, x: Tensor) -> Tensor:
         shape = x.shape
         out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.scales)
-        out = out.reshape(*shape[:-1], self.weight.shape[0])
-        return out if out_dtype is None else out.to(out_dtype)
+        return out.reshape(*shape[:-1], self.weight.shape[0])
 
 
 class Int8Embedding(Int8Linear):

@@ -1,14 +1,18 @@
-"""Native matrix-vector products for CPU decoding (linear.c), compiled on first use and called through ctypes.
+"""Native operations for CPU decoding (ops.c), compiled on first use and called through ctypes.
 
 The library is built once per source, compiler flags and CPU into ~/.cache/codegemma/kernels with the
 system C compiler (`cc`, or $CC), `-march=native` and OpenMP. It links against the libgomp PyTorch already
 loaded (same soname), so it shares PyTorch's thread pool and `torch.set_num_threads`. Where no compiler is
 found, the build fails or CODEGEMMA_KERNELS=0 is set, `available()` is False and the model uses PyTorch's
-products instead: the results agree to float32 rounding either way.
+operations instead: the results agree to float32 rounding either way.
+
+They are used for at most MAX_ROWS token rows (decoding, speculative verification): a prefill block of 64
+goes through PyTorch, whose matrix-matrix products block for cache reuse.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -16,16 +20,19 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("linear.c")
+SOURCE = Path(__file__).with_name("ops.c")
+MAX_ROWS = 16
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
 _error = ""
+_disabled = 0
 
 
 def _cache_dir() -> Path:
@@ -45,7 +52,7 @@ def _build() -> ctypes.CDLL:
     if not cc:
         raise OSError("no C compiler (cc, gcc or $CC) found")
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"linear-{key}.so"
+    out = _cache_dir() / f"ops-{key}.so"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
@@ -55,10 +62,13 @@ def _build() -> ctypes.CDLL:
             raise OSError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
         os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
     lib = ctypes.CDLL(str(out))
-    lib.cg_linear.restype = ctypes.c_int
-    lib.cg_linear.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-                              ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_int]
+    i, i64, f, p = ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    lib.cg_linear.restype = i
+    lib.cg_linear.argtypes = [i, p, p, p, i, p, i, i64, p, i, i, i, i]
+    lib.cg_add_norm.restype = None
+    lib.cg_add_norm.argtypes = [i, i, i, f, p, p, p, p, p, p]
+    lib.cg_attention.restype = i
+    lib.cg_attention.argtypes = [i, i, i, i, i, i64, i64, i, f, f, f, p, p, p, p, p, p, p]
     return lib
 
 
@@ -81,6 +91,56 @@ def unavailable_reason() -> str:
     return _error
 
 
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run the PyTorch operations instead, e.g. to compare the two."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
+def active(x: Tensor) -> bool:
+    """Whether the native operations take this activation [..., D]: few rows, float32 or bfloat16, CPU."""
+    return (not _disabled and x.numel() <= MAX_ROWS * x.shape[-1] and x.dtype in (torch.float32, torch.bfloat16)
+            and x.device.type == "cpu" and available())
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def add_norm(x: Tensor, h: Tensor | None, post_scale: Tensor | None, out_scale: Tensor | None,
+             eps: float) -> tuple[Tensor, Tensor | None]:
+    """(x + post(h), RMSNorm(x + post(h))) for activations [..., D]; post is an RMSNorm with post_scale or
+    the identity; the scales are float32 (1 + w); either part can be left out (h None, out_scale None)."""
+    x = x.contiguous()
+    h = None if h is None else h.contiguous()
+    x_out = torch.empty_like(x) if h is not None else None
+    y = torch.empty_like(x) if out_scale is not None else None
+    _lib.cg_add_norm(_TYPES[x.dtype], x.numel() // x.shape[-1], x.shape[-1], eps, x.data_ptr(), _ptr(h),
+                     _ptr(post_scale), _ptr(out_scale), _ptr(x_out), _ptr(y))
+    return (x if x_out is None else x_out), y
+
+
+def attention(qkv: Tensor, n_heads: int, n_kv: int, head_dim: int, start: int, k_cache: Tensor,
+              v_cache: Tensor, cos: Tensor, sin: Tensor, qk_scale: Tensor | None, q_scale: float,
+              softcap: float | None, window: int | None, eps: float) -> Tensor:
+    """qkv [1, S, (H + 2 KV) * D] at positions start.. -> attention output [1, S, H * D]; writes k and v into
+    the caches [1, KV, max_len, D]. See cg_attention in ops.c."""
+    S = qkv.shape[1]
+    qkv = qkv.contiguous()
+    out = torch.empty(1, S, n_heads * head_dim, dtype=qkv.dtype)
+    rc = _lib.cg_attention(_TYPES[qkv.dtype], S, n_heads, n_kv, head_dim, start, k_cache.shape[2], window or 0,
+                           q_scale, softcap or 0.0, eps, qkv.data_ptr(), _ptr(qk_scale), cos.contiguous().data_ptr(),
+                           sin.contiguous().data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr())
+    if rc != 0:
+        raise MemoryError("out of memory in native attention")
+    return out
+
+
 class Weights:
     """One or more weight matrices [N_i, K] (same dtype, contiguous) used as one product whose outputs are
     concatenated, e.g. q, k and v. int8 matrices carry float32 scales [N_i]."""
@@ -96,17 +156,19 @@ class Weights:
         self._scales = (ctypes.c_void_p * n_w)(*[s.data_ptr() for s in self.scales]) if self.scales else None
         self._ns = (ctypes.c_int64 * n_w)(*[m.shape[0] for m in self.mats])
 
-    def __call__(self, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
-        """x [..., K] (float32 or bfloat16) -> [..., N] in out_dtype (default x's dtype)."""
+    def __call__(self, x: Tensor, out_dtype: torch.dtype | None = None, glu: bool = False) -> Tensor:
+        """x [..., K] (float32 or bfloat16) -> [..., N] in out_dtype (default x's dtype); with glu,
+        gelu_tanh(first half) * second half [..., N / 2]."""
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         out_dtype = out_dtype or x.dtype
-        y = torch.empty(x2.shape[0], self.n, dtype=out_dtype)
+        n = self.n // 2 if glu else self.n
+        y = torch.empty(x2.shape[0], n, dtype=out_dtype)
         rc = _lib.cg_linear(len(self.mats), self._ptrs, self._scales, self._ns, _TYPES[self.dtype],
                             x2.data_ptr(), _TYPES[x2.dtype], x2.stride(0), y.data_ptr(), _TYPES[out_dtype],
-                            x2.shape[0], self.k)
+                            x2.shape[0], self.k, int(glu))
         if rc != 0:
             raise MemoryError("out of memory in the native linear product")
-        return y.view(*shape[:-1], self.n)
+        return y.view(*shape[:-1], n)
