@@ -47,9 +47,16 @@ class FusedLinear(NativeLinear):
         self.native = kernels.Weights(self.weights) if kernels.available() else None
 
     def torch_product(self, x: Tensor) -> Tensor:
-        if len(self.weights) == 1:
-            return F.linear(x, self.weights[0])
-        return torch.cat([F.linear(x, w) for w in self.weights], -1)
+        weights = self.weights
+        if x.dtype == torch.bfloat16 and kernels.slow_bf16_gemm():  # see kernels.slow_bf16_gemm
+            return self._product(x.float(), [w.float() for w in weights]).to(x.dtype)
+        return self._product(x, weights)
+
+    @staticmethod
+    def _product(x: Tensor, weights: list[Tensor]) -> Tensor:
+        if len(weights) == 1:
+            return F.linear(x, weights[0])
+        return torch.cat([F.linear(x, w) for w in weights], -1)
 
 
 @torch.no_grad()

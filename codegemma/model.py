@@ -153,10 +153,16 @@ class Attention(nn.Module):
 
 def _matmul(a: Tensor, b: Tensor, transpose: bool = False) -> Tensor:
     """a @ b (or a @ b^T) over [B, KV, ., .] stacks. With one stack (batch 1 and MQA: CPU decoding of
-    Gemma 2B / Gemma 3 270M) a 2-D product runs about twice as fast as the batched one on CPU, same result."""
+    Gemma 2B / Gemma 3 270M) a 2-D product runs about twice as fast as the batched one on CPU, same result.
+    bf16 operands multiply as float32 where the CPU has no bf16 arithmetic; the result is rounded back."""
+    dtype = a.dtype
+    if dtype == torch.bfloat16 and a.device.type == "cpu" and kernels.slow_bf16_gemm():
+        a, b = a.float(), b.float()
     if a.shape[0] * a.shape[1] == 1:
-        return F.linear(a[0, 0], b[0, 0] if transpose else b[0, 0].t())[None, None]
-    return a @ (b.transpose(-1, -2) if transpose else b)
+        out = F.linear(a[0, 0], b[0, 0] if transpose else b[0, 0].t())[None, None]
+    else:
+        out = a @ (b.transpose(-1, -2) if transpose else b)
+    return out.to(dtype)
 
 
 class MLP(nn.Module):
@@ -248,8 +254,9 @@ class Transformer(nn.Module):
         h = self.model.norm(h)
         if self.lm_head is not None:
             logits = self.lm_head(h, torch.float32)
-        else:
-            logits = F.linear(h, self.model.embed_tokens.weight)
+        else:  # 2-D: a strided 3-D input (the last row of a block) sends F.linear to a batched product that
+            # copies the whole 262k-row weight on every call
+            logits = F.linear(h.reshape(-1, h.shape[-1]), self.model.embed_tokens.weight).view(*h.shape[:-1], -1)
         if self.cfg.n_tokens is not None:  # padding rows of the embedding are no tokens
             logits = logits[..., :self.cfg.n_tokens]
         if self.cfg.final_softcap is not None:

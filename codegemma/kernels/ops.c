@@ -178,6 +178,29 @@ static void lin4_i8(const int8_t *const *w, const xrow *x, int K, float *out) {
 }
 #endif
 
+#ifdef HAVE_LIN_I8
+/* lin4_i8 on weights already widened to int16 (several input rows: widen once) */
+static void lin4_i16(const int16_t *w, const xrow *x, int K, float *out) {
+    __m512 a[4];
+    for (int r = 0; r < 4; r++) a[r] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 64 <= K; k += 64) {
+        __m512i x0 = _mm512_loadu_si512((const void *)(x->xq + k)), x1 = _mm512_loadu_si512((const void *)(x->xq + k + 32));
+        __m512 sc = _mm512_set1_ps(x->xs[k / 64]);
+        for (int r = 0; r < 4; r++) {
+            const int16_t *wr = w + (size_t)r * K + k;
+            __m512i acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512((const void *)wr), x0);
+            acc = _mm512_dpwssd_epi32(acc, _mm512_loadu_si512((const void *)(wr + 32)), x1);
+            a[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, a[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        out[r] = _mm512_reduce_add_ps(a[r]);
+        for (int j = k; j < K; j++) out[r] += (float)w[(size_t)r * K + j] * x->xf[j];
+    }
+}
+#endif
+
 static void prepare(xrow *x, int K) {
     int k = 0;
     for (; k + 32 <= K; k += 32)
@@ -208,6 +231,43 @@ static void lin4(const void *const *w, int wtype, const xrow *x, int K, float *o
         dot4_i8((const int8_t *const *)w, x->xf, K, out);
     else
         dot4_f32((const float *const *)w, x->xf, K, out);
+}
+
+/* Four weight rows against M input rows into out[M][4]. With several inputs the rows are widened once into
+ * buf (4 K floats) and each input multiplies those with the same arithmetic as lin4 (bfloat16: float32 in
+ * lin4_bf16's even/odd order, then dot4_f32 against the split x; int8: int16), so results do not depend
+ * on M, and a prefill block costs one widening per weight instead of one per token. */
+static void lin4_many(const void *const *w, int wtype, const xrow *xs, int M, int K, void *buf, float *out) {
+#ifdef HAVE_LIN_BF16
+    if (M > 1 && buf && wtype == T_BF16) {
+        float *wf = (float *)buf;
+        const float *rows[4];
+        for (int r = 0; r < 4; r++) {
+            const uint16_t *src = ((const uint16_t *const *)w)[r];
+            float *o = wf + (size_t)r * K;
+            int k = 0;
+            for (; k + 32 <= K; k += 32)
+                for (int i = 0; i < 16; i++) {
+                    o[k + i] = bf16_to_f32(src[k + 2 * i]);
+                    o[k + 16 + i] = bf16_to_f32(src[k + 2 * i + 1]);
+                }
+            for (; k < K; k++) o[k] = bf16_to_f32(src[k]);
+            rows[r] = o;
+        }
+        for (int m = 0; m < M; m++) dot4_f32(rows, xs[m].xp, K, out + 4 * m);
+        return;
+    }
+#endif
+#ifdef HAVE_LIN_I8
+    if (M > 1 && buf && wtype == T_I8) {
+        int16_t *wi = (int16_t *)buf;
+        for (int r = 0; r < 4; r++)
+            for (int k = 0; k < K; k++) wi[(size_t)r * K + k] = ((const int8_t *const *)w)[r][k];
+        for (int m = 0; m < M; m++) lin4_i16(wi, &xs[m], K, out + 4 * m);
+        return;
+    }
+#endif
+    for (int m = 0; m < M; m++) lin4(w, wtype, &xs[m], K, out + 4 * m);
 }
 
 /* y[M, sum(Ns)] = x[M, K] . concat(W_0, ..., W_{n_w-1})^T, each W_i [Ns[i], K] of type wtype, int8 rows
@@ -241,22 +301,37 @@ int cg_linear(int n_w, const void *const *Ws, const float *const *scales, const 
         prepare(xr, K);
     }
     size_t wsize = wtype == T_BF16 ? 2 : wtype == T_I8 ? 1 : 4;
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < (N + 3) / 4; b++) {
-        const void *w[4];
-        float sc[4], dots[4];
-        int rows = N - 4 * b < 4 ? (int)(N - 4 * b) : 4;
-        for (int j = 0; j < 4; j++) { /* a short last block repeats its last row */
-            int64_t r = 4 * b + (j < rows ? j : rows - 1);
-            int i = 0;
-            while (r >= Ns[i]) r -= Ns[i++];
-            w[j] = (const char *)Ws[i] + (size_t)r * K * wsize;
-            sc[j] = wtype == T_I8 ? scales[i][r] : 1.0f;
+    int failed = 0;
+#pragma omp parallel
+    {
+        void *wbuf = M > 1 ? malloc(sizeof(float) * 4 * (size_t)K) : NULL;
+        float *dots = (float *)malloc(sizeof(float) * 4 * (size_t)M);
+        if (!dots) failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < (N + 3) / 4; b++) {
+            if (!dots) continue;
+            const void *w[4];
+            float sc[4];
+            int rows = N - 4 * b < 4 ? (int)(N - 4 * b) : 4;
+            for (int j = 0; j < 4; j++) { /* a short last block repeats its last row */
+                int64_t r = 4 * b + (j < rows ? j : rows - 1);
+                int i = 0;
+                while (r >= Ns[i]) r -= Ns[i++];
+                w[j] = (const char *)Ws[i] + (size_t)r * K * wsize;
+                sc[j] = wtype == T_I8 ? scales[i][r] : 1.0f;
+            }
+            lin4_many(w, wtype, rows_in, M, K, wbuf, dots);
+            for (int m = 0; m < M; m++)
+                for (int j = 0; j < rows; j++) yf[(size_t)m * N + 4 * b + j] = sc[j] * dots[4 * m + j];
         }
-        for (int m = 0; m < M; m++) { /* the four rows stay in L1 for the other inputs */
-            lin4(w, wtype, &rows_in[m], K, dots);
-            for (int j = 0; j < rows; j++) yf[(size_t)m * N + 4 * b + j] = sc[j] * dots[j];
-        }
+        free(wbuf);
+        free(dots);
+    }
+    if (failed) {
+        if (yf != y) free(yf);
+        free(buf);
+        free(rows_in);
+        return -1;
     }
     if (glu) {
         int64_t half = N / 2;

@@ -1,0 +1,142 @@
+"""The native decode operations (codegemma.kernels) against the PyTorch path they replace."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codegemma import kernels
+from codegemma.linear import FusedLinear, use_native
+from codegemma.quant import quantize_int8, quantize_rows
+from codegemma.testing import random_model, tiny_config
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"native kernels: {kernels.unavailable_reason()}")
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
+    err = (got.float() - want.float()).abs().max().item()
+    assert err <= rel * want.float().abs().max().item(), err
+
+
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_products_match_torch(wdtype, rows):
+    gen = torch.Generator().manual_seed(rows)
+    # K with a tail past the 32/64-element blocks, N not a multiple of the four-row blocks, two matrices
+    mats = [torch.randn(37, 200, generator=gen), torch.randn(6, 200, generator=gen)]
+    x = torch.randn(rows, 200, generator=gen)
+    if wdtype == torch.int8:
+        q = [quantize_rows(m) for m in mats]
+        native = kernels.Weights([a for a, _ in q], [s for _, s in q])
+        want = x @ torch.cat([a.float() * s[:, None] for a, s in q]).T
+        rel = 1e-3  # activations enter as 16-bit fixed point per block of 64
+    else:
+        native = kernels.Weights([m.to(wdtype) for m in mats])
+        want = x @ torch.cat([m.to(wdtype).float() for m in mats]).T
+        rel = 1e-5
+    _close(native(x), want, rel)
+    _close(native(x.bfloat16()), x.bfloat16().float() @ native_weights_f32(native).T, 1e-2)  # bf16 in and out
+    # a row's result does not depend on the rows computed with it
+    assert torch.equal(native(x)[rows - 1:], native(x[rows - 1:]))
+
+
+def native_weights_f32(native: kernels.Weights) -> torch.Tensor:
+    if native.scales is None:
+        return torch.cat([m.float() for m in native.mats])
+    return torch.cat([m.float() * s[:, None] for m, s in zip(native.mats, native.scales)])
+
+
+def test_glu_matches_torch_geglu():
+    gen = torch.Generator().manual_seed(0)
+    gate, up = torch.randn(64, 96, generator=gen), torch.randn(64, 96, generator=gen)
+    lin = FusedLinear([gate.bfloat16(), up.bfloat16()])
+    x = torch.randn(2, 96, generator=gen).bfloat16()
+    got = lin(x, glu=True)
+    with kernels.disabled():
+        want = lin(x, glu=True)
+    assert got.shape == want.shape == (2, 64) and got.dtype == torch.bfloat16
+    _close(got, want, 2e-2)  # bf16 rounding of different accumulation orders
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_norm_matches_torch(dtype):
+    from codegemma.model import RMSNorm, add_norm
+
+    gen = torch.Generator().manual_seed(0)
+    post, out = RMSNorm(48, 1e-6), RMSNorm(48, 1e-6)
+    for n in (post, out):
+        n.weight.data = torch.randn(48, generator=gen) * 0.1
+        n.freeze()
+    x, h = (torch.randn(1, 2, 48, generator=gen).to(dtype) for _ in range(2))
+    for p, o in [(post, out), (None, out), (post, None), (None, None)]:
+        got = add_norm(x, h, p, o)
+        with kernels.disabled():
+            want = add_norm(x, h, p, o)
+        _close(got[0], want[0], 1e-6 if dtype == torch.float32 else 1e-2)
+        assert (got[1] is None) == (want[1] is None)
+        if got[1] is not None:
+            _close(got[1], want[1], 1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3"])
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "int8"])
+def test_decoding_matches_torch_path(arch, mode):
+    """Prefill past the sliding window, then decode and verify a few tokens at a time: the native path
+    (attention with soft-caps, windows and q/k norms; fused products; residual norms) gives the logits and
+    the KV cache of the PyTorch path."""
+    dtype = torch.float32 if mode == "fp32" else torch.bfloat16
+    tokens = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(3))
+
+    def run(native: bool):
+        model = random_model(tiny_config(arch, 256), seed=1, dtype=dtype)
+        model.setup_cache(64)
+        if mode == "int8":
+            quantize_int8(model)
+        else:
+            use_native(model)
+        with torch.inference_mode():
+            model(tokens[:, :20], torch.arange(20))  # 20 rows: the PyTorch path either way
+            with contextlib.nullcontext() if native else kernels.disabled():
+                steps = [model(tokens[:, i:i + 1], torch.tensor([i])) for i in range(20, 30)]
+                steps.append(model(tokens[:, 30:40], torch.arange(30, 40)))  # a verify-sized block
+        caches = torch.cat([layer.self_attn.kv_cache.k[:, :, :40] for layer in model.model.layers])
+        return torch.cat(steps, dim=1), caches
+
+    (got, got_k), (want, want_k) = run(True), run(False)
+    rel = {"fp32": 1e-5, "bf16": 3e-2, "int8": 3e-2}[mode]
+    _close(got, want, rel)
+    _close(got_k, want_k, rel)
+    if mode != "fp32":  # bf16 rounding may flip a near tie now and then, but not most greedy choices
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+    else:
+        assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_disabled_or_unbuildable_falls_back_to_torch(tmp_path):
+    code = ("from codegemma import kernels, testing\n"
+            "print(kernels.available(), kernels.unavailable_reason()[:40])\n"
+            "e = testing.tiny_engine(); print(len(e.generate(e.tokenizer.encode('def f('), max_new_tokens=3).tokens))")
+    off = _python(code, CODEGEMMA_KERNELS="0")
+    assert off.returncode == 0 and off.stdout.splitlines() == ["False disabled", "3"], off.stderr
+    broken = _python(code, CC="/bin/false", CODEGEMMA_CACHE=str(tmp_path))
+    assert broken.returncode == 0, broken.stderr
+    assert broken.stdout.startswith("False /bin/false failed") and broken.stdout.endswith("3\n")
+
+
+def test_library_is_built_once_per_source(tmp_path):
+    code = "from codegemma import kernels; print(kernels.available())"
+    for _ in range(2):
+        assert _python(code, CODEGEMMA_CACHE=str(tmp_path)).stdout == "True\n"
+    assert len(list((tmp_path / "kernels").glob("ops-*.so"))) == 1
+    assert not list((tmp_path / "kernels").glob("*.tmp"))
