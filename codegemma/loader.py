@@ -28,9 +28,12 @@ _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.flo
 
 
 def default_dtype() -> torch.dtype:
-    """bfloat16 where the CPU computes it natively (AVX-512 BF16 / AMX), else float32."""
-    supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return torch.bfloat16 if supported else torch.float32
+    """bfloat16 where the CPU computes it natively (AVX-512 BF16 / AMX) or the native decode kernels run
+    (they widen bf16 weights in registers: half the bytes of float32 for the same float32 arithmetic, and
+    decoding is bound by bytes read), else float32."""
+    from codegemma import kernels
+
+    return torch.bfloat16 if not kernels.slow_bf16_gemm() or kernels.available() else torch.float32
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

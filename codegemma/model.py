@@ -41,8 +41,10 @@ class KVCache(nn.Module):
     def __init__(self, n_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype):
         super().__init__()
         shape = (1, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        # empty, not zeros: a position is always written before it is read, and pages never written (the
+        # unused end of a 2048-position cache) then cost no memory
+        self.register_buffer("k", torch.empty(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.empty(shape, dtype=dtype), persistent=False)
 
     def write(self, start: int, k: Tensor, v: Tensor) -> None:
         end = start + k.shape[2]
