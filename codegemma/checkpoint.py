@@ -6,10 +6,13 @@ process never holds a second full copy of the weights. Every problem names the f
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors import safe_open
 
 from codegemma.config import GemmaConfig, from_hf_config
@@ -91,6 +94,23 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     raise CheckpointError(f"{directory}: no tokenizer.model")
 
 
+@contextlib.contextmanager
+def empty_model() -> Iterator[None]:
+    """Build modules on the meta device without their random initialisation: the weights come next, and on
+    the meta device `normal_` goes through PyTorch's reference ops, whose first use imports torch._dynamo
+    and sympy (3 s of a 4 s load)."""
+    names = ("normal_", "uniform_", "kaiming_uniform_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
 def load_checkpoint(directory: str | Path, dtype: torch.dtype) -> tuple[Transformer, Tokenizer]:
     directory = Path(directory)
     if not directory.exists():
@@ -102,7 +122,7 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype) -> tuple[Transfor
                               f"{cfg.vocab_size} rows config.json gives the embedding")
     cfg = cfg.replace(fim_tokens=tokenizer.has_fim,
                       n_tokens=tokenizer.vocab_size if tokenizer.vocab_size < cfg.vocab_size else None)
-    with torch.device("meta"):
+    with empty_model():
         model = Transformer(cfg)
     load_weights(model, weight_files(directory), dtype)
     return model.eval().requires_grad_(False), tokenizer

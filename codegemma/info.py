@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 
-from codegemma.checkpoint import read_config
+from codegemma.checkpoint import empty_model, read_config
 from codegemma.config import GemmaConfig, PRESETS, preset
 from codegemma.errors import ModelNotFoundError
 from codegemma.model import Transformer
@@ -50,7 +49,7 @@ def parameter_counts(model: Transformer) -> dict[str, int]:
 
 def describe(spec: str) -> str:
     cfg = config_for(spec)
-    with torch.device("meta"):
+    with empty_model():
         model = Transformer(cfg)
     counts = parameter_counts(model)
     lines = [f"{cfg.name}: {cfg}", "", repr(model), "", "parameters:"]

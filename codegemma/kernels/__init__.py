@@ -20,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ _TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
 _error = ""
 _disabled = 0
+_build_lock = threading.Lock()  # server threads may ask at once; one builds, the others wait for it
 
 
 def _cache_dir() -> Path:
@@ -56,7 +58,12 @@ def _build() -> ctypes.CDLL:
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True)
+        try:
+            proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True,
+                                  timeout=300)
+        except subprocess.TimeoutExpired:
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"{cc} took more than 300 s") from None
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)
             raise OSError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
@@ -76,14 +83,21 @@ def available() -> bool:
     """True when the native products are built and loaded (building them on the first call)."""
     global _lib, _error
     if _lib is None:
-        if os.environ.get("CODEGEMMA_KERNELS", "1") == "0" or not sys.platform.startswith("linux"):
-            _lib, _error = False, "disabled" if sys.platform.startswith("linux") else "Linux only"
-        else:
-            try:
-                _lib = _build()
-            except OSError as e:
-                _lib, _error = False, str(e)
+        with _build_lock:
+            if _lib is None:
+                _lib, _error = _load()
     return bool(_lib)
+
+
+def _load() -> tuple[ctypes.CDLL | bool, str]:
+    if not sys.platform.startswith("linux"):
+        return False, "Linux only"
+    if os.environ.get("CODEGEMMA_KERNELS", "1") == "0":
+        return False, "disabled"
+    try:
+        return _build(), ""
+    except OSError as e:
+        return False, str(e)
 
 
 def unavailable_reason() -> str:
