@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-
 from codegemma.checkpoint import empty_model, read_config
 from codegemma.config import GemmaConfig, PRESETS, preset
 from codegemma.errors import ModelNotFoundError
