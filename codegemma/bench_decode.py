@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<20} {r['tok_s']:>12.1f} {r['load_s']:>8.2f} {r['rss_mb']:>8.0f}")
         else:
             print(f"{name:<20} {'n/a':>12}")
+    from codegemma import kernels
+
+    print("native decode kernels: " + ("on" if kernels.available() else f"off ({kernels.unavailable_reason()})"))
     print(f"prefill: {ours['prefill_tok_s']:.0f} tok/s over {args.prefill} tokens (bf16)")
     print(f"one bf16 decode step: layers {ours['layers_ms']:.1f} ms + output layer {ours['output_ms']:.1f} ms")
     if int8:
