@@ -19,9 +19,21 @@ from codegemma.prompt_cache import PromptCache
 from codegemma.sampling import Sampler
 from codegemma.tokenizer import Tokenizer
 
-# Verifying this many draft tokens costs about one decode step in bf16 on a 2-core CPU (see
-# `codegemma bench speculative`, which measures the ratio); longer drafts cost more than they save.
+# Verifying this many draft tokens costs about one decode step with PyTorch's products in bf16 on a 2-core
+# CPU (see `codegemma bench speculative`, which measures the ratio); longer drafts cost more than they save.
 DEFAULT_MAX_DRAFT = 8
+
+
+def speculation_pays(model: Transformer, draft_model: Transformer | None) -> bool:
+    """Whether speculative decoding is on when a caller leaves it to the engine. With the native decode
+    kernels a step streams the weights at memory bandwidth and verifying k drafts costs 1.6x (k=1) to 4x
+    (k=8) of it on the 2-core CPU (`codegemma bench speculative`), so n-gram drafts, accepted about half
+    the time, lose; PyTorch's products verify 8 drafts for the price of one step, where they win. A draft
+    model given explicitly is always used."""
+    from codegemma.linear import NativeLinear
+
+    native = isinstance(model.lm_head, NativeLinear) and model.lm_head.native is not None
+    return draft_model is not None or not native
 
 
 class Engine:
@@ -33,6 +45,7 @@ class Engine:
         self.config = model.cfg
         self.draft_model = draft_model
         self.max_draft = max_draft
+        self.speculative_default = speculation_pays(model, draft_model)
         self.prompt_cache = PromptCache(model, PREFILL_BLOCK)
 
     @property
@@ -57,10 +70,11 @@ class Engine:
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                  stop_ids: Iterable[int] | None = None, stop_strings: Sequence[str] = (),
                  on_text: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
-                 deadline: float | None = None, speculative: bool = True, cache_key: str | None = None,
+                 deadline: float | None = None, speculative: bool | None = None, cache_key: str | None = None,
                  reuse_prompt: bool = True, draft_sources: Sequence[Sequence[int]] = ()) -> Generation:
         """Continue `prompt` (token ids). `draft_sources` are extra token sequences the drafter may copy from
-        (e.g. the suffix of a left-to-right prompt)."""
+        (e.g. the suffix of a left-to-right prompt). `speculative` None: on where it pays
+        (`speculation_pays`)."""
         prompt = list(prompt)
         if not prompt:
             raise ValueError("empty prompt: give at least one token (e.g. tokenizer.bos_id)")
@@ -71,6 +85,8 @@ class Engine:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         sampler = Sampler(temperature, top_k, top_p, seed)
+        if speculative is None:
+            speculative = self.speculative_default
         cached = self.prompt_cache.prepare(prompt, cache_key) if reuse_prompt else 0
         if not reuse_prompt:
             self.prompt_cache.commit([], None)

@@ -36,7 +36,7 @@ class CompletionOptions:
     time_budget_ms: int | None = None
     stop: tuple[str, ...] = ()
     use_context: bool = True  # multi-file context on/off
-    speculative: bool = True
+    speculative: bool | None = None  # None: the engine's choice (on where it pays, codegemma.engine)
     reuse_prompt: bool = True
     prompt_budget: int | None = None  # total prompt tokens; None = the default budget
 

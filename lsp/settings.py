@@ -22,7 +22,7 @@ class Settings:
     context: bool = True                # other open documents as multi-file context
     # languageId -> on/off; "*" sets the default for the languages not listed
     languages: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
-    speculative: bool = True            # speculative decoding in the engine
+    speculative: bool | None = None     # speculative decoding: on/off; None = the engine's choice
     reuse_prompt: bool = True           # keep the prompt's KV cache between keystrokes
 
     def enabled_for(self, language_id: str) -> bool:
@@ -51,6 +51,12 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def _auto_boolean(value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError("true, false, or null for the engine's choice")
+    return value
+
+
 def _model(value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise ValueError("a model path or name, or null for the default")
@@ -73,7 +79,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "debounceMs": ("debounce_ms", _integer(0, 5000)),
     "context": ("context", _boolean),
     "languages": ("languages", _languages),
-    "speculative": ("speculative", _boolean),
+    "speculative": ("speculative", _auto_boolean),
     "reusePrompt": ("reuse_prompt", _boolean),
 }
 

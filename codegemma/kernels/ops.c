@@ -201,6 +201,32 @@ static void lin4_i16(const int16_t *w, const xrow *x, int K, float *out) {
 }
 #endif
 
+#ifdef HAVE_LIN_BF16
+/* dot4_f32 for two input rows at once (out[0..4) for x0, out[4..8) for x1): each weight vector loaded once
+ * for both, the same per-row arithmetic as dot4_f32 */
+static void dot4x2_f32(const float *const *w, const float *x0, const float *x1, int K, float *out) {
+    __m512 a0[8], a1[8];
+    for (int r = 0; r < 8; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512 x00 = _mm512_loadu_ps(x0 + k), x01 = _mm512_loadu_ps(x0 + k + 16);
+        __m512 x10 = _mm512_loadu_ps(x1 + k), x11 = _mm512_loadu_ps(x1 + k + 16);
+        for (int r = 0; r < 4; r++) {
+            __m512 w0 = _mm512_loadu_ps(w[r] + k), w1 = _mm512_loadu_ps(w[r] + k + 16);
+            a0[r] = _mm512_fmadd_ps(w0, x00, a0[r]);
+            a1[r] = _mm512_fmadd_ps(w1, x01, a1[r]);
+            a0[4 + r] = _mm512_fmadd_ps(w0, x10, a0[4 + r]);
+            a1[4 + r] = _mm512_fmadd_ps(w1, x11, a1[4 + r]);
+        }
+    }
+    for (int r = 0; r < 8; r++) {
+        const float *x = r < 4 ? x0 : x1;
+        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+        for (int j = k; j < K; j++) out[r] += w[r % 4][j] * x[j];
+    }
+}
+#endif
+
 static void prepare(xrow *x, int K) {
     int k = 0;
     for (; k + 32 <= K; k += 32)
@@ -242,27 +268,39 @@ static void lin4_many(const void *const *w, int wtype, const xrow *xs, int M, in
     if (M > 1 && buf && wtype == T_BF16) {
         float *wf = (float *)buf;
         const float *rows[4];
+        const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
         for (int r = 0; r < 4; r++) {
             const uint16_t *src = ((const uint16_t *const *)w)[r];
             float *o = wf + (size_t)r * K;
             int k = 0;
-            for (; k + 32 <= K; k += 32)
-                for (int i = 0; i < 16; i++) {
-                    o[k + i] = bf16_to_f32(src[k + 2 * i]);
-                    o[k + 16 + i] = bf16_to_f32(src[k + 2 * i + 1]);
-                }
+            for (; k + 32 <= K; k += 32) { /* the even/odd split in registers, as lin4_bf16 does it */
+                PREFETCH_NEXT_BLOCK(src + k, K);
+                __m512i v = _mm512_loadu_si512((const void *)(src + k));
+                _mm512_storeu_ps(o + k, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+                _mm512_storeu_ps(o + k + 16, _mm512_castsi512_ps(_mm512_and_si512(v, odd)));
+            }
             for (; k < K; k++) o[k] = bf16_to_f32(src[k]);
             rows[r] = o;
         }
-        for (int m = 0; m < M; m++) dot4_f32(rows, xs[m].xp, K, out + 4 * m);
+        int m = 0;
+        for (; m + 2 <= M; m += 2) dot4x2_f32(rows, xs[m].xp, xs[m + 1].xp, K, out + 4 * m);
+        for (; m < M; m++) dot4_f32(rows, xs[m].xp, K, out + 4 * m);
         return;
     }
 #endif
 #ifdef HAVE_LIN_I8
     if (M > 1 && buf && wtype == T_I8) {
         int16_t *wi = (int16_t *)buf;
-        for (int r = 0; r < 4; r++)
-            for (int k = 0; k < K; k++) wi[(size_t)r * K + k] = ((const int8_t *const *)w)[r][k];
+        for (int r = 0; r < 4; r++) {
+            const int8_t *src = ((const int8_t *const *)w)[r];
+            int16_t *o = wi + (size_t)r * K;
+            int k = 0;
+            for (; k + 32 <= K; k += 32) {
+                if (k % 64 == 0) PREFETCH_NEXT_BLOCK(src + k, K);
+                _mm512_storeu_si512((void *)(o + k), _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(src + k))));
+            }
+            for (; k < K; k++) o[k] = src[k];
+        }
         for (int m = 0; m < M; m++) lin4_i16(wi, &xs[m], K, out + 4 * m);
         return;
     }
