@@ -9,12 +9,26 @@ through it.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codegemma import kernels
 from codegemma.model import Transformer
+
+_scratch = threading.local()
+
+
+def _as_float32(w: Tensor) -> Tensor:
+    """w widened to float32 in a buffer reused by this thread: a fresh allocation per product would cost
+    as much as the widening itself (page faults on ~10 MB every time)."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < w.numel():
+        buf = _scratch.buf = torch.empty(w.numel())
+    return buf[:w.numel()].view(w.shape).copy_(w)
+
 
 class NativeLinear(nn.Module):
     """A projection that goes through `self.native` (codegemma.kernels.Weights) when the kernels take the
@@ -47,16 +61,13 @@ class FusedLinear(NativeLinear):
         self.native = kernels.Weights(self.weights) if kernels.available() else None
 
     def torch_product(self, x: Tensor) -> Tensor:
-        weights = self.weights
         if x.dtype == torch.bfloat16 and kernels.slow_bf16_gemm():  # see kernels.slow_bf16_gemm
-            return self._product(x.float(), [w.float() for w in weights]).to(x.dtype)
-        return self._product(x, weights)
-
-    @staticmethod
-    def _product(x: Tensor, weights: list[Tensor]) -> Tensor:
-        if len(weights) == 1:
-            return F.linear(x, weights[0])
-        return torch.cat([F.linear(x, w) for w in weights], -1)
+            xf = x.float()
+            ys = [F.linear(xf, _as_float32(w)) for w in self.weights]  # each product before the next widening
+            return (ys[0] if len(ys) == 1 else torch.cat(ys, -1)).to(x.dtype)
+        if len(self.weights) == 1:
+            return F.linear(x, self.weights[0])
+        return torch.cat([F.linear(x, w) for w in self.weights], -1)
 
 
 @torch.no_grad()
