@@ -156,49 +156,37 @@ static void lin4_bf16(const uint16_t *const *w, const xrow *x, int K, float *out
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define HAVE_LIN_I8 1
-static void lin4_i8(const int8_t *const *w, const xrow *x, int K, float *out) {
-    __m512 a[4];
-    for (int r = 0; r < 4; r++) a[r] = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 64 <= K; k += 64) {
-        __m512i x0 = _mm512_loadu_si512((const void *)(x->xq + k)), x1 = _mm512_loadu_si512((const void *)(x->xq + k + 32));
-        __m512 sc = _mm512_set1_ps(x->xs[k / 64]);
-        for (int r = 0; r < 4; r++) PREFETCH_NEXT_BLOCK(w[r] + k, K);
-        for (int r = 0; r < 4; r++) {
-            __m512i acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
-                                              _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w[r] + k))), x0);
-            acc = _mm512_dpwssd_epi32(acc, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w[r] + k + 32))), x1);
-            a[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, a[r]);
-        }
-    }
-    for (int r = 0; r < 4; r++) {
-        out[r] = _mm512_reduce_add_ps(a[r]);
-        for (int j = k; j < K; j++) out[r] += (float)w[r][j] * x->xf[j];
-    }
+/* 32 weights of row w from k as int16: int8 rows widened here, or rows already widened (lin4_many) */
+static inline __m512i load32_i16(const void *w, int widened, int k) {
+    if (widened) return _mm512_loadu_si512((const void *)((const int16_t *)w + k));
+    return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)((const int8_t *)w + k)));
 }
-#endif
 
-#ifdef HAVE_LIN_I8
-/* lin4_i8 on weights already widened to int16 (several input rows: widen once) */
-static void lin4_i16(const int16_t *w, const xrow *x, int K, float *out) {
+/* always inlined, so each call site (widened constant) gets its own loop */
+static inline __attribute__((always_inline)) void lin4_int(const void *const *w, int widened, const xrow *x,
+                                                           int K, float *out) {
     __m512 a[4];
     for (int r = 0; r < 4; r++) a[r] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 64 <= K; k += 64) {
         __m512i x0 = _mm512_loadu_si512((const void *)(x->xq + k)), x1 = _mm512_loadu_si512((const void *)(x->xq + k + 32));
         __m512 sc = _mm512_set1_ps(x->xs[k / 64]);
+        if (!widened)
+            for (int r = 0; r < 4; r++) PREFETCH_NEXT_BLOCK((const int8_t *)w[r] + k, K);
         for (int r = 0; r < 4; r++) {
-            const int16_t *wr = w + (size_t)r * K + k;
-            __m512i acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512((const void *)wr), x0);
-            acc = _mm512_dpwssd_epi32(acc, _mm512_loadu_si512((const void *)(wr + 32)), x1);
+            __m512i acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(), load32_i16(w[r], widened, k), x0);
+            acc = _mm512_dpwssd_epi32(acc, load32_i16(w[r], widened, k + 32), x1);
             a[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, a[r]);
         }
     }
     for (int r = 0; r < 4; r++) {
         out[r] = _mm512_reduce_add_ps(a[r]);
-        for (int j = k; j < K; j++) out[r] += (float)w[(size_t)r * K + j] * x->xf[j];
+        for (int j = k; j < K; j++)
+            out[r] += (widened ? (float)((const int16_t *)w[r])[j] : (float)((const int8_t *)w[r])[j]) * x->xf[j];
     }
 }
+
+static void lin4_i8(const int8_t *const *w, const xrow *x, int K, float *out) { lin4_int((const void *const *)w, 0, x, K, out); }
 #endif
 
 #ifdef HAVE_LIN_BF16
@@ -301,7 +289,8 @@ static void lin4_many(const void *const *w, int wtype, const xrow *xs, int M, in
             }
             for (; k < K; k++) o[k] = src[k];
         }
-        for (int m = 0; m < M; m++) lin4_i16(wi, &xs[m], K, out + 4 * m);
+        const void *rows[4] = {wi, wi + K, wi + 2 * (size_t)K, wi + 3 * (size_t)K};
+        for (int m = 0; m < M; m++) lin4_int(rows, 1, &xs[m], K, out + 4 * m);
         return;
     }
 #endif
