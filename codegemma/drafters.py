@@ -24,15 +24,32 @@ class Drafter(Protocol):
 
 
 class AdaptiveLength:
-    """Draft length that follows the recent acceptance rate: long drafts only while they pay off."""
+    """Draft length that follows the recent acceptance rate: long drafts only while they pay off, and none
+    for a while after drafts were wholly rejected (a verification costs more than a plain step), the pause
+    doubling while rejections go on."""
+
+    MAX_PAUSE = 16
 
     def __init__(self, max_k: int, min_k: int = 1):
         self.max_k, self.min_k = max_k, min_k
         self.k = max_k
+        self.pause = 0      # proposals still to skip
+        self.backoff = 1    # the next pause's length
+
+    def paused(self) -> bool:
+        """True (and one step of the pause used up) while drafting is paused."""
+        if self.pause > 0:
+            self.pause -= 1
+            return True
+        return False
 
     def update(self, drafted: int, accepted: int) -> None:
         if drafted == 0:
             return
+        if accepted == 0:
+            self.pause, self.backoff = self.backoff, min(self.MAX_PAUSE, self.backoff * 2)
+        else:
+            self.backoff = 1
         if accepted == drafted:
             self.k = min(self.max_k, self.k * 2)
         elif accepted * 2 < drafted:
@@ -76,6 +93,8 @@ class NGramDrafter:
         known = len(self.corpus) - self.base
         if len(tokens) > known:
             self._extend(list(tokens[known:]))
+        if self.length.paused():
+            return [], None
         k = min(k, self.length.k)
         for n in range(min(self.max_n, len(tokens)), self.min_n - 1, -1):
             end = self.index.get(tuple(tokens[-n:]))

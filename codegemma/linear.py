@@ -26,7 +26,8 @@ def _as_float32(w: Tensor) -> Tensor:
     as much as the widening itself (page faults on ~10 MB every time)."""
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.numel() < w.numel():
-        buf = _scratch.buf = torch.empty(w.numel())
+        with torch.inference_mode(False):  # a normal tensor: inference tensors refuse updates outside that mode
+            buf = _scratch.buf = torch.empty(w.numel())
     return buf[:w.numel()].view(w.shape).copy_(w)
 
 

@@ -140,3 +140,14 @@ def test_library_is_built_once_per_source(tmp_path):
         assert _python(code, CODEGEMMA_CACHE=str(tmp_path)).stdout == "True\n"
     assert len(list((tmp_path / "kernels").glob("ops-*.so"))) == 1
     assert not list((tmp_path / "kernels").glob("*.tmp"))
+
+
+def test_prefill_products_inside_and_outside_inference_mode():
+    """bf16 prefill products widen weights into a reused buffer; it must serve both modes in any order."""
+    lin = FusedLinear([torch.randn(8, 32).bfloat16()])
+    x = torch.randn(kernels.MAX_ROWS + 4, 32).bfloat16()  # more rows than the native products take
+    with torch.inference_mode():
+        first = lin(x)
+    assert torch.equal(lin(x), first)
+    with torch.inference_mode():
+        assert torch.equal(lin(x), first)
