@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -143,11 +144,20 @@ def test_library_is_built_once_per_source(tmp_path):
 
 
 def test_prefill_products_inside_and_outside_inference_mode():
-    """bf16 prefill products widen weights into a reused buffer; it must serve both modes in any order."""
+    """bf16 prefill products widen weights into a buffer reused per thread; it must serve both modes in any
+    order (a fresh thread, so that its first product runs in inference mode)."""
     lin = FusedLinear([torch.randn(8, 32).bfloat16()])
     x = torch.randn(kernels.MAX_ROWS + 4, 32).bfloat16()  # more rows than the native products take
-    with torch.inference_mode():
-        first = lin(x)
-    assert torch.equal(lin(x), first)
-    with torch.inference_mode():
-        assert torch.equal(lin(x), first)
+    results = []
+
+    def run():
+        with torch.inference_mode():
+            first = lin(x)
+        results.extend([first, lin(x)])
+        with torch.inference_mode():
+            results.append(lin(x))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert len(results) == 3 and all(torch.equal(r, results[0]) for r in results)
