@@ -29,7 +29,10 @@ from torch import Tensor
 
 SOURCE = Path(__file__).with_name("ops.c")
 MAX_ROWS = 16
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+# CODEGEMMA_KERNELS_MARCH: the -march target (default native); e.g. x86-64-v2 for a build without AVX-512
+# that may move between machines (the plain-C loops then run)
+FLAGS = ["-O3", f"-march={os.environ.get('CODEGEMMA_KERNELS_MARCH', 'native')}", "-fopenmp", "-shared", "-fPIC",
+         "-std=c11"]
 _TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
 _error = ""

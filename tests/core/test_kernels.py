@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -161,3 +162,16 @@ def test_prefill_products_inside_and_outside_inference_mode():
     thread.start()
     thread.join()
     assert len(results) == 3 and all(torch.equal(r, results[0]) for r in results)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 targets")
+def test_portable_build_without_avx512_matches_torch(tmp_path):
+    """The plain-C loops (CPUs without AVX-512) against the PyTorch path: this file's comparisons, run
+    with the library built for x86-64-v2."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "products_match or glu or residual or decoding_matches"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CODEGEMMA_KERNELS_MARCH": "x86-64-v2", "CODEGEMMA_CACHE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "skipped" not in proc.stdout and "passed" in proc.stdout, proc.stdout[-2000:]  # the build loaded
+    assert list((tmp_path / "kernels").glob("ops-*.so"))
