@@ -168,7 +168,7 @@ def test_prefill_products_inside_and_outside_inference_mode():
 def test_portable_build_without_avx512_matches_torch(tmp_path):
     """The plain-C loops (CPUs without AVX-512) against the PyTorch path: this file's comparisons, run
     with the library built for x86-64-v2."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", __file__,
                            "-k", "products_match or glu or residual or decoding_matches"],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "CODEGEMMA_KERNELS_MARCH": "x86-64-v2", "CODEGEMMA_CACHE": str(tmp_path)})
