@@ -58,20 +58,31 @@ def _build() -> ctypes.CDLL:
         raise OSError("no C compiler (cc, gcc or $CC) found")
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
     out = _cache_dir() / f"ops-{key}.so"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    if out.is_file():
         try:
-            proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True,
-                                  timeout=300)
-        except subprocess.TimeoutExpired:
-            tmp.unlink(missing_ok=True)
-            raise OSError(f"{cc} took more than 300 s") from None
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise OSError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
-        os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
-    lib = ctypes.CDLL(str(out))
+            return _bind(ctypes.CDLL(str(out)))
+        except OSError:  # a damaged cached library (a full disk, say): build it again
+            out.unlink(missing_ok=True)
+    return _compile(cc, out)
+
+
+def _compile(cc: str, out: Path) -> ctypes.CDLL:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True,
+                              timeout=300)
+    except subprocess.TimeoutExpired:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"{cc} took more than 300 s") from None
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
+    os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
+    return _bind(ctypes.CDLL(str(out)))
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     i, i64, f, p = ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.cg_linear.restype = i
     lib.cg_linear.argtypes = [i, p, p, p, i, p, i, i64, p, i, i, i, i]

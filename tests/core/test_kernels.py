@@ -140,8 +140,11 @@ def test_library_is_built_once_per_source(tmp_path):
     code = "from codegemma import kernels; print(kernels.available())"
     for _ in range(2):
         assert _python(code, CODEGEMMA_CACHE=str(tmp_path)).stdout == "True\n"
-    assert len(list((tmp_path / "kernels").glob("ops-*.so"))) == 1
+    built = list((tmp_path / "kernels").glob("ops-*.so"))
+    assert len(built) == 1
     assert not list((tmp_path / "kernels").glob("*.tmp"))
+    built[0].write_bytes(b"damaged")  # a damaged cached library is built again, not given up on
+    assert _python(code, CODEGEMMA_CACHE=str(tmp_path)).stdout == "True\n"
 
 
 def test_prefill_products_inside_and_outside_inference_mode():
