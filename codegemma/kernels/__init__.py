@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -86,7 +87,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     i, i64, f, p = ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.cg_linear.restype = i
     lib.cg_linear.argtypes = [i, p, p, p, i, p, i, i64, p, i, i, i, i]
-    lib.cg_add_norm.restype = None
+    lib.cg_add_norm.restype = i
     lib.cg_add_norm.argtypes = [i, i, i, f, p, p, p, p, p, p]
     lib.cg_attention.restype = i
     lib.cg_attention.argtypes = [i, i, i, i, i, i64, i64, i, f, f, f, p, p, p, p, p, p, p]
@@ -136,6 +137,7 @@ def active(x: Tensor) -> bool:
             and x.device.type == "cpu" and available())
 
 
+@functools.cache  # asked on every prefill product; the CPU does not change
 def slow_bf16_gemm() -> bool:
     """True on CPUs without AVX-512 BF16 / AMX, where PyTorch's bf16 matrix-matrix product runs ~3x slower
     than widening both sides to float32 and multiplying those (same products, float32 accumulation)."""
@@ -154,8 +156,10 @@ def add_norm(x: Tensor, h: Tensor | None, post_scale: Tensor | None, out_scale: 
     h = None if h is None else h.contiguous()
     x_out = torch.empty_like(x) if h is not None else None
     y = torch.empty_like(x) if out_scale is not None else None
-    _lib.cg_add_norm(_TYPES[x.dtype], x.numel() // x.shape[-1], x.shape[-1], eps, x.data_ptr(), _ptr(h),
-                     _ptr(post_scale), _ptr(out_scale), _ptr(x_out), _ptr(y))
+    rc = _lib.cg_add_norm(_TYPES[x.dtype], x.numel() // x.shape[-1], x.shape[-1], eps, x.data_ptr(), _ptr(h),
+                          _ptr(post_scale), _ptr(out_scale), _ptr(x_out), _ptr(y))
+    if rc != 0:
+        raise MemoryError("out of memory in the native residual norm")
     return (x if x_out is None else x_out), y
 
 

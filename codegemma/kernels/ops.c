@@ -4,9 +4,9 @@
  *
  * Why this exists: a decode step reads every weight once, so its speed is the memory bandwidth it reaches.
  * Without AVX-512 BF16, PyTorch's bf16 matrix-vector product reaches ~14 GB/s here and its int8 one ~12 GB/s,
- * while the two cores stream ~25 GB/s. Here each weight row is widened to float32 in registers and
- * multiplied into float32 accumulators (weight-only: activations are never quantized), rows split across
- * PyTorch's own OpenMP threads.
+ * while the two cores stream ~25 GB/s. Here bf16 weight rows are widened to float32 in registers and int8
+ * rows multiplied by 16-bit fixed-point activations (lin4_int), into float32 accumulators, rows split
+ * across PyTorch's own OpenMP threads.
  *
  * The other two exist because, at one token, a decode step is otherwise made of ~30 small PyTorch operations
  * per layer whose dispatch costs more than their arithmetic.
@@ -215,14 +215,18 @@ static void dot4x2_f32(const float *const *w, const float *x0, const float *x1, 
 }
 #endif
 
-static void prepare(xrow *x, int K) {
+/* x->xp for bfloat16 weights, x->xq and x->xs for int8 ones (x->xf is always there) */
+static void prepare(xrow *x, int wtype, int K) {
     int k = 0;
-    for (; k + 32 <= K; k += 32)
-        for (int i = 0; i < 16; i++) {
-            x->xp[k + i] = x->xf[k + 2 * i];
-            x->xp[k + 16 + i] = x->xf[k + 2 * i + 1];
-        }
-    for (; k < K; k++) x->xp[k] = x->xf[k];
+    if (wtype == T_BF16) {
+        for (; k + 32 <= K; k += 32)
+            for (int i = 0; i < 16; i++) {
+                x->xp[k + i] = x->xf[k + 2 * i];
+                x->xp[k + 16 + i] = x->xf[k + 2 * i + 1];
+            }
+        for (; k < K; k++) x->xp[k] = x->xf[k];
+    }
+    if (wtype != T_I8) return;
     for (k = 0; k + 64 <= K; k += 64) {
         float mx = 0.0f;
         for (int i = 0; i < 64; i++) mx = fmaxf(mx, fabsf(x->xf[k + i]));
@@ -252,6 +256,7 @@ static void lin4(const void *const *w, int wtype, const xrow *x, int K, float *o
  * lin4_bf16's even/odd order, then dot4_f32 against the split x; int8: int16), so results do not depend
  * on M, and a prefill block costs one widening per weight instead of one per token. */
 static void lin4_many(const void *const *w, int wtype, const xrow *xs, int M, int K, void *buf, float *out) {
+    (void)buf; /* unused where neither widened path is compiled in */
 #ifdef HAVE_LIN_BF16
     if (M > 1 && buf && wtype == T_BF16) {
         float *wf = (float *)buf;
@@ -310,12 +315,8 @@ int cg_linear(int n_w, const void *const *Ws, const float *const *scales, const 
     float *buf = (float *)malloc(sizeof(float) * per_row * M);
     xrow *rows_in = (xrow *)malloc(sizeof(xrow) * M);
     float *yf = ytype == T_F32 && !glu ? (float *)y : (float *)malloc(sizeof(float) * (size_t)M * N);
-    if (!buf || !rows_in || !yf) {
-        free(buf);
-        free(rows_in);
-        if (yf != y) free(yf);
-        return -1;
-    }
+    int failed = !buf || !rows_in || !yf;
+    if (failed) goto done;
     for (int m = 0; m < M; m++) {
         xrow *xr = &rows_in[m];
         xr->xf = buf + per_row * m;
@@ -325,10 +326,9 @@ int cg_linear(int n_w, const void *const *Ws, const float *const *scales, const 
         for (int k = 0; k < K; k++)
             xr->xf[k] = xtype == T_F32 ? ((const float *)x)[m * x_stride + k]
                                        : bf16_to_f32(((const uint16_t *)x)[m * x_stride + k]);
-        prepare(xr, K);
+        prepare(xr, wtype, K);
     }
     size_t wsize = wtype == T_BF16 ? 2 : wtype == T_I8 ? 1 : 4;
-    int failed = 0;
 #pragma omp parallel
     {
         void *wbuf = M > 1 ? malloc(sizeof(float) * 4 * (size_t)K) : NULL;
@@ -354,12 +354,7 @@ int cg_linear(int n_w, const void *const *Ws, const float *const *scales, const 
         free(wbuf);
         free(dots);
     }
-    if (failed) {
-        if (yf != y) free(yf);
-        free(buf);
-        free(rows_in);
-        return -1;
-    }
+    if (failed) goto done;
     if (glu) {
         int64_t half = N / 2;
 #pragma omp parallel for schedule(static)
@@ -368,22 +363,24 @@ int cg_linear(int n_w, const void *const *Ws, const float *const *scales, const 
             float g = rnd(yf[m * N + n], ytype), u = rnd(yf[m * N + half + n], ytype);
             st(y, ytype, j, rnd(gelu_tanh(g), ytype) * u);
         }
-        free(yf);
     } else if (yf != y) {
         for (size_t j = 0; j < (size_t)M * N; j++) ((uint16_t *)y)[j] = f32_to_bf16(yf[j]);
-        free(yf);
     }
+done:
+    if (yf != y) free(yf);
     free(buf);
     free(rows_in);
-    return 0;
+    return failed ? -1 : 0;
 }
 
 /* Gemma's residual step over M rows of width D in type t: x_out = x + post(h), where post is an RMSNorm
  * with scale post_scale (identity when NULL; h NULL: x_out = x), then y = RMSNorm(x_out) with scale
- * out_scale (skipped when NULL). Norms compute in float32 and round once, like the PyTorch path. */
-void cg_add_norm(int t, int M, int D, float eps, const void *x, const void *h, const float *post_scale,
-                 const float *out_scale, void *x_out, void *y) {
+ * out_scale (skipped when NULL). Norms compute in float32 and round once, like the PyTorch path.
+ * Returns -1 when out of memory. */
+int cg_add_norm(int t, int M, int D, float eps, const void *x, const void *h, const float *post_scale,
+                const float *out_scale, void *x_out, void *y) {
     float *row = (float *)malloc(sizeof(float) * D);
+    if (!row) return -1;
     for (int m = 0; m < M; m++) {
         size_t o = (size_t)m * D;
         for (int d = 0; d < D; d++) row[d] = ld(x, t, o + d);
@@ -412,6 +409,7 @@ void cg_add_norm(int t, int M, int D, float eps, const void *x, const void *h, c
         }
     }
     free(row);
+    return 0;
 }
 
 /* acc[0..D) += a * v[0..D) with v in type t */
@@ -455,12 +453,12 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
         int64_t pos = start + s;
         for (int j = 0; j < H + 2 * KV; j++) {
             size_t o = ((size_t)s * heads + j) * D;
-            for (int d = 0; d < D; d++) v[d] = ld(qkv, t, o + d);
             if (j >= H + KV) { /* v: into the cache as it is */
                 memcpy((char *)vcache + (((size_t)(j - H - KV) * max_len + pos) * D) * csize,
                        (const char *)qkv + o * csize, D * csize);
                 continue;
             }
+            for (int d = 0; d < D; d++) v[d] = ld(qkv, t, o + d);
             if (qk_scale) {
                 float ss = 0.0f;
                 for (int d = 0; d < D; d++) ss += v[d] * v[d];
