@@ -14,6 +14,7 @@ import torch
 from codegemma.drafters import Drafter, ModelDrafter, NGramDrafter
 from codegemma.errors import PromptTooLongError
 from codegemma.generate import PREFILL_BLOCK, Generation, TextStream, generate
+from codegemma.linear import NativeLinear
 from codegemma.model import Transformer
 from codegemma.prompt_cache import PromptCache
 from codegemma.sampling import Sampler
@@ -26,12 +27,10 @@ DEFAULT_MAX_DRAFT = 8
 
 def speculation_pays(model: Transformer, draft_model: Transformer | None) -> bool:
     """Whether speculative decoding is on when a caller leaves it to the engine. With the native decode
-    kernels a step streams the weights at memory bandwidth and verifying k drafts costs 1.6x (k=1) to 4x
+    kernels a step streams the weights at memory bandwidth and verifying k drafts costs 1.3x (k=1) to 2.9x
     (k=8) of it on the 2-core CPU (`codegemma bench speculative`), so n-gram drafts, accepted about half
-    the time, lose; PyTorch's products verify 8 drafts for the price of one step, where they win. A draft
-    model given explicitly is always used."""
-    from codegemma.linear import NativeLinear
-
+    the time, lose on single-line completions; PyTorch's products verify 8 drafts for the price of one
+    step, where they win. A draft model given explicitly is always used."""
     native = isinstance(model.lm_head, NativeLinear) and model.lm_head.native is not None
     return draft_model is not None or not native
 

@@ -22,10 +22,10 @@ def config_for(spec: str) -> GemmaConfig:
         return gguf_config(read_gguf(path))
     if spec in PRESETS:
         return preset(spec)
-    if not path.exists() and ("/" in spec or spec.endswith(".gguf")):
-        raise ModelNotFoundError(f"{spec}: no such file or directory")
     if not path.exists():
-        return preset(spec)
+        if "/" in spec or spec.endswith(".gguf"):
+            raise ModelNotFoundError(f"{spec}: no such file or directory")
+        return preset(spec)  # an unknown name: its error lists the presets
     raise ModelNotFoundError(f"{spec}: expected a preset, a checkpoint directory or a .gguf file")
 
 

@@ -62,13 +62,12 @@ class FusedLinear(NativeLinear):
         self.native = kernels.Weights(self.weights) if kernels.available() else None
 
     def torch_product(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.bfloat16 and kernels.slow_bf16_gemm():  # see kernels.slow_bf16_gemm
-            xf = x.float()
-            ys = [F.linear(xf, _as_float32(w)) for w in self.weights]  # each product before the next widening
-            return (ys[0] if len(ys) == 1 else torch.cat(ys, -1)).to(x.dtype)
-        if len(self.weights) == 1:
-            return F.linear(x, self.weights[0])
-        return torch.cat([F.linear(x, w) for w in self.weights], -1)
+        widen = x.dtype == torch.bfloat16 and kernels.slow_bf16_gemm()  # see kernels.slow_bf16_gemm
+        xin = x.float() if widen else x
+        # each product runs before the next widening reuses the buffer
+        ys = [F.linear(xin, _as_float32(w) if widen else w) for w in self.weights]
+        y = ys[0] if len(ys) == 1 else torch.cat(ys, -1)
+        return y.to(x.dtype)
 
 
 @torch.no_grad()

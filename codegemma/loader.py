@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from codegemma import kernels
 from codegemma.checkpoint import load_checkpoint
 from codegemma.config import PRESETS
 from codegemma.engine import Engine
@@ -31,8 +32,6 @@ def default_dtype() -> torch.dtype:
     """bfloat16 where the CPU computes it natively (AVX-512 BF16 / AMX) or the native decode kernels run
     (they widen bf16 weights in registers: half the bytes of float32 for the same float32 arithmetic, and
     decoding is bound by bytes read), else float32."""
-    from codegemma import kernels
-
     return torch.bfloat16 if not kernels.slow_bf16_gemm() or kernels.available() else torch.float32
 
 

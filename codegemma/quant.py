@@ -26,17 +26,18 @@ def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Int8Linear(NativeLinear):
-    """y = x W^T with W int8 [N, K] and a scale per row; quantized from `weight` unless `q`/`scales` are given."""
+    """y = x W^T with W int8 [N, K] and a scale per row, as quantize_rows gives them."""
 
-    def __init__(self, weight: Tensor | None, dtype: torch.dtype, q: Tensor | None = None,
-                 scales: Tensor | None = None):
+    def __init__(self, q: Tensor, scales: Tensor, dtype: torch.dtype):
         super().__init__()
-        if weight is not None:
-            q, scales = quantize_rows(weight)
         self.register_buffer("weight", q)
         self.register_buffer("scales", scales.to(dtype))
         self.dtype = dtype
         self.native = kernels.Weights([q], [self.scales]) if kernels.available() else None
+
+    @classmethod
+    def quantize(cls, weight: Tensor, dtype: torch.dtype) -> Int8Linear:
+        return cls(*quantize_rows(weight), dtype)
 
     def torch_product(self, x: Tensor) -> Tensor:
         shape = x.shape
@@ -44,9 +45,15 @@ class Int8Linear(NativeLinear):
         return out.reshape(*shape[:-1], self.weight.shape[0])
 
 
-class Int8Embedding(Int8Linear):
-    """Tied embedding in int8: lookup dequantizes the rows it needs (the output layer is an Int8Linear on the
-    same tensors)."""
+class Int8Embedding(nn.Module):
+    """Tied embedding in int8: lookup dequantizes the rows it needs. The output layer is the Int8Linear
+    whose tensors these are."""
+
+    def __init__(self, q: Tensor, scales: Tensor, dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("weight", q)
+        self.register_buffer("scales", scales)
+        self.dtype = dtype
 
     def forward(self, tokens: Tensor) -> Tensor:
         return F.embedding(tokens, self.weight).to(self.dtype) * self.scales[tokens][..., None]
@@ -59,12 +66,13 @@ def quantize_int8(model: Transformer) -> Transformer:
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         # quantizing copies the weights anyway, so q/k/v and gate/up become one product each
-        attn.qkv = Int8Linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), dtype)
-        mlp.gate_up = Int8Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype)
-        attn.o_proj, mlp.down_proj = Int8Linear(attn.o_proj.weight, dtype), Int8Linear(mlp.down_proj.weight, dtype)
+        attn.qkv = Int8Linear.quantize(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), dtype)
+        mlp.gate_up = Int8Linear.quantize(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype)
+        attn.o_proj = Int8Linear.quantize(attn.o_proj.weight, dtype)
+        mlp.down_proj = Int8Linear.quantize(mlp.down_proj.weight, dtype)
         del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
-    emb = model.model.embed_tokens = Int8Embedding(model.model.embed_tokens.weight.data, dtype)
-    model.lm_head = Int8Linear(None, dtype, emb.weight, emb.scales)
+    head = model.lm_head = Int8Linear.quantize(model.model.embed_tokens.weight.data, dtype)
+    model.model.embed_tokens = Int8Embedding(head.weight, head.scales, dtype)
     # The norms are all that is left of the checkpoint; copy them so that its memory map (every page of
     # which quantizing touched) can be released instead of staying resident for a few small vectors.
     for p in model.parameters():
