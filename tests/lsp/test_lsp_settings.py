@@ -32,3 +32,11 @@ def test_non_object_payload_and_none():
 def test_languages_default_switch():
     settings, _ = apply_settings(Settings(), {"languages": {"*": False, "python": True}})
     assert settings.enabled_for("python") and not settings.enabled_for("go")
+
+
+def test_speculative_may_be_left_to_the_engine():
+    settings, problems = apply_settings(Settings(speculative=True), {"speculative": None})
+    assert problems == [] and settings.speculative is None
+    settings, problems = apply_settings(Settings(), {"speculative": "yes"})
+    assert settings.speculative is None
+    assert problems == ["setting 'speculative' = 'yes' ignored: expected true, false, or null for the engine's choice"]
