@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 PROMPT = '''import os
 import sys
@@ -79,10 +80,11 @@ def worker_ours(args) -> dict:
     engine = codegemma.load(args.model, dtype="bf16", int8=args.int8)
     load_s = time.perf_counter() - t
     ids = engine.tokenizer.encode(PROMPT, bos=True)
-    engine.generate(ids, max_new_tokens=4, speculative=False, reuse_prompt=False, stop_ids=[])  # warm-up
+    options = codegemma.GenerateOptions(max_new_tokens=args.tokens, speculative=False, reuse_prompt=False, stop_ids=frozenset())
+    engine.generate(ids, replace(options, max_new_tokens=4))  # warm-up
     decode_tok_s = 0.0
     for _ in range(args.reps):  # best of a few runs: this shared machine's speed drifts by 20% and more
-        gen = engine.generate(ids, max_new_tokens=args.tokens, speculative=False, reuse_prompt=False, stop_ids=[])
+        gen = engine.generate(ids, options)
         decode_tok_s = max(decode_tok_s, (gen.stats.new_tokens - 1) / (gen.stats.total_s - gen.stats.ttft_s))
     long = _prefill_ids(engine.tokenizer, args.prefill)
     t = time.perf_counter()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from codegemma.contract import GenerateOptions
 from codegemma.engine import Engine
 from codegemma.errors import CodegemmaError
 
@@ -60,9 +61,9 @@ def run_completions(engine: Engine, cases: list[dict], max_new: int, single: boo
         ms, tokens, drafted, accepted = [], 0, 0, 0
         for case in cases:
             ids, sources = _prompt(engine, case["prompt"], case["suffix"])
-            gen = engine.generate(ids, max_new_tokens=max_new, speculative=mode == "speculative",
-                                  stop_strings=["\n"] if single else [], reuse_prompt=False,
-                                  draft_sources=sources)
+            options = GenerateOptions(max_new_tokens=max_new, speculative=mode == "speculative",
+                                      stop_strings=("\n",) if single else (), reuse_prompt=False)
+            gen = engine.generate(ids, options, draft_sources=sources)
             ms.append(gen.stats.decode_s * 1000)
             tokens += gen.stats.new_tokens
             drafted += gen.stats.drafted
@@ -81,9 +82,9 @@ def typing_replay(engine: Engine, text: str, max_new: int, pauses: int) -> dict:
     engine.prompt_cache.clear()
     for cursor in stops[::step][:pauses]:
         ids = engine.tokenizer.encode(text[:cursor], bos=True)
-        reused = engine.generate(ids, max_new_tokens=max_new, cache_key="replay")
+        reused = engine.generate(ids, GenerateOptions(max_new_tokens=max_new, cache_key="replay"))
         with_reuse.append(reused.stats.ttft_s * 1000)
-        cold = engine.generate(ids, max_new_tokens=max_new, reuse_prompt=False)
+        cold = engine.generate(ids, GenerateOptions(max_new_tokens=max_new, reuse_prompt=False))
         fresh.append(cold.stats.ttft_s * 1000)
         # the fresh run recomputed the same prompt into the cache (bit-identically), so the cache is back to
         # what the reused run left: record that, as the next keystroke would find it

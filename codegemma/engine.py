@@ -1,16 +1,17 @@
 """The engine the rest of the product uses: a loaded model, its tokenizer, generation and scoring.
 
 It knows token ids and tensors, nothing of editors. One generation at a time: callers serialise (fim's
-CompletionService is the one worker).
+CompletionService is the one worker). `codegemma.contract` states what callers may rely on.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
+from codegemma.contract import GenerateOptions
 from codegemma.drafters import Drafter, ModelDrafter, NGramDrafter
 from codegemma.errors import PromptTooLongError
 from codegemma.generate import PREFILL_BLOCK, Generation, TextStream, generate
@@ -65,15 +66,12 @@ class Engine:
                                                           sampler.seed), max_k=self.max_draft)
         return NGramDrafter(max_k=self.max_draft)
 
-    def generate(self, prompt: Sequence[int], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                 stop_ids: Iterable[int] | None = None, stop_strings: Sequence[str] = (),
+    def generate(self, prompt: Sequence[int], options: GenerateOptions = GenerateOptions(), *,
                  on_text: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
-                 deadline: float | None = None, speculative: bool | None = None, cache_key: str | None = None,
-                 reuse_prompt: bool = True, draft_sources: Sequence[Sequence[int]] = ()) -> Generation:
-        """Continue `prompt` (token ids). `draft_sources` are extra token sequences the drafter may copy from
-        (e.g. the suffix of a left-to-right prompt). `speculative` None: on where it pays
-        (`speculation_pays`)."""
+                 draft_sources: Sequence[Sequence[int]] = ()) -> Generation:
+        """Continue `prompt` (token ids). `on_text` receives decoded text as it is made; `should_stop` is
+        polled every step and cancels; `draft_sources` are extra token sequences the drafter may copy from
+        (e.g. the suffix of a left-to-right prompt)."""
         prompt = list(prompt)
         if not prompt:
             raise ValueError("empty prompt: give at least one token (e.g. tokenizer.bos_id)")
@@ -81,29 +79,28 @@ class Engine:
         if len(prompt) >= self.max_seq_len:
             raise PromptTooLongError(f"prompt has {len(prompt)} tokens; this engine's context is "
                                      f"{self.max_seq_len}")
-        if max_new_tokens < 1:
+        if options.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-        sampler = Sampler(temperature, top_k, top_p, seed)
-        if speculative is None:
-            speculative = self.speculative_default
-        cached = self.prompt_cache.prepare(prompt, cache_key) if reuse_prompt else 0
-        if not reuse_prompt:
+        sampler = Sampler(options.temperature, options.top_k, options.top_p, options.seed)
+        speculative = self.speculative_default if options.speculative is None else options.speculative
+        cached = self.prompt_cache.prepare(prompt, options.cache_key) if options.reuse_prompt else 0
+        if not options.reuse_prompt:
             self.prompt_cache.commit([], None)
-        stops = self.tokenizer.stop_ids if stop_ids is None else frozenset(stop_ids)
-        stream = TextStream(self.tokenizer.decode, stop_strings, on_text)
+        stops = self.tokenizer.stop_ids if options.stop_ids is None else options.stop_ids
+        stream = TextStream(self.tokenizer.decode, options.stop_strings, on_text)
         try:
-            gen, valid = generate(self.model, prompt, cached, max_new_tokens=max_new_tokens, sampler=sampler,
+            gen, valid = generate(self.model, prompt, cached, max_new_tokens=options.max_new_tokens, sampler=sampler,
                                   stop_ids=stops, eos_id=self.tokenizer.eos_id, stream=stream,
                                   drafter=self._drafter(sampler) if speculative else None,
-                                  max_draft=self.max_draft, should_stop=should_stop, deadline=deadline,
+                                  max_draft=self.max_draft, should_stop=should_stop, deadline=options.deadline,
                                   sources=draft_sources)
         except BaseException:
             self.prompt_cache.commit([], None)  # the cache content is unknown after an interruption
             raise
-        if reuse_prompt:
+        if options.reuse_prompt:
             # only the prompt: KV of generated tokens came from decode steps, whose products have other
             # shapes than a prefill's, and reuse must stay bit-identical to a fresh prefill
-            self.prompt_cache.commit(prompt[:valid], cache_key)
+            self.prompt_cache.commit(prompt[:valid], options.cache_key)
         return gen
 
     @torch.inference_mode()
@@ -126,5 +123,5 @@ class Engine:
     def warmup(self) -> float:
         """Run one tiny generation so first-request latency excludes lazy initialisation; returns seconds."""
         t = time.perf_counter()
-        self.generate([self.tokenizer.bos_id], max_new_tokens=2, reuse_prompt=False, speculative=False)
+        self.generate([self.tokenizer.bos_id], GenerateOptions(max_new_tokens=2, reuse_prompt=False, speculative=False))
         return time.perf_counter() - t

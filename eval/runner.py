@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from codegemma import EngineProtocol
 from fim import CompletionOptions, CompletionRequest, FileContext, complete
 
 from eval.datasets import Task
@@ -54,35 +55,24 @@ class Generated:
     stats: dict[str, Any]
 
 
-def generate(engine: Any, task: Task, sample: int, settings: Settings,
+def generate(engine: EngineProtocol, task: Task, sample: int, settings: Settings,
              context: tuple[FileContext, ...] = ()) -> Generated:
     """Complete one task once through `fim.complete`, timing the first streamed text and the whole call."""
-    prefix_len = len(task.prompt)
-    suffix = task.editor_suffix
-    text = task.prompt + suffix
+    text = task.prompt + task.editor_suffix
     options = CompletionOptions(
         max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p,
         seed=_seed(settings.seed, task.task_id, sample), stop=task.stop, use_context=bool(context),
         speculative=settings.speculative,
     )
-    request = CompletionRequest(path=task_path(task), text=text, cursor=prefix_len, language="python",
+    request = CompletionRequest(path=task_path(task), text=text, cursor=len(task.prompt), language="python",
                                 other_files=context, options=options)
     first: list[float] = []
     started = time.perf_counter()
     response = complete(engine, request, on_text=lambda piece: first or first.append(time.perf_counter()))
     total = time.perf_counter() - started
-    start, end = response.range
-    filled = text[:start] + response.text + text[end:]
-    # The middle the scorer runs between prompt and suffix; the response may have replaced text around
-    # the cursor, in which case the middle is what lies between the unchanged prompt and suffix.
-    if filled.startswith(task.prompt) and filled.endswith(suffix) and len(filled) >= len(text):
-        completion = filled[prefix_len:len(filled) - len(suffix)]
-    else:
-        completion = response.text
-    engine_stats = _engine_stats(response.debug)
-    stats = {key: engine_stats.get(key) for key in STAT_KEYS}
+    stats = {key: getattr(response.stats, key) for key in STAT_KEYS}
     stats.update(ttft_s=(first[0] - started) if first else total, total_s=total, stop_reason=response.stop_reason)
-    return Generated(completion, stats)
+    return Generated(response.text, stats)
 
 
 def task_path(task: Task) -> str:
@@ -141,7 +131,7 @@ class Run:
         return [(task, i) for task in tasks for i in range(self.settings.n)
                 if (task.benchmark, task.task_id, i) not in done]
 
-    def execute(self, engine: Any, tasks: list[Task], all_tasks: dict[str, list[Task]],
+    def execute(self, engine: EngineProtocol, tasks: list[Task], all_tasks: dict[str, list[Task]],
                 on_record: Callable[[dict], None] | None = None) -> list[dict]:
         """Generate and score every pending sample; returns all records of `tasks` (old and new)."""
         futures: list[Future] = []
@@ -190,11 +180,6 @@ def read_results(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             raise ResultsError(f"{path}:{number} is not a JSON record; use another --out directory") from None
     return records
-
-
-def _engine_stats(debug: dict) -> dict:
-    stats = debug.get("engine") if isinstance(debug, dict) else None
-    return stats if isinstance(stats, dict) else {}
 
 
 def _seed(base: int, task_id: str, sample: int) -> int:

@@ -5,21 +5,20 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
-
 from tqdm import tqdm
+
+from codegemma import EngineProtocol
+from fim import FimError
+from fim.engine import load_engine as load
 
 from eval.errors import EvalError
 
 
-def load_engine(model: str | None, dtype: str | None = None, int8: bool = False) -> Any:
+def load_engine(model: str | None, dtype: str | None = None, int8: bool = False) -> EngineProtocol:
     """The engine for `model` (None = the embedded default); a load failure becomes a one-line EvalError."""
-    import codegemma
-    from codegemma.errors import CodegemmaError
-
     try:
-        return codegemma.load(model, dtype=dtype, int8=int8)
-    except CodegemmaError as error:
+        return load(model, dtype=dtype, int8=int8)
+    except FimError as error:
         raise EvalError(f"cannot load the model: {error}") from None
 
 

@@ -6,8 +6,8 @@
 
 Flags: --context FILE... (other files), --model PATH|PRESET, --max-tokens, --temperature,
 --multiline/--single-line, --json (one object: text, range, debug), --show-prompt (on stderr).
-With --json, `range` is in the same unit as the input position: bytes for --offset, characters otherwise
-(debug.char_range always has character offsets). Bad input: one line on stderr and exit status 2.
+With --json, `range` is where the text goes (the cursor, as an empty range) in the same unit as the input
+position: bytes for --offset, characters otherwise (debug.char_range always has character offsets). Bad input: one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+
+from codegemma import EngineProtocol
 
 from fim.complete import complete, prepare
 from fim.context import workspace_python_imports
+from fim.engine import load_engine
 from fim.errors import BadRequestError, FimError
 from fim.languages import normalize_language
 from fim.request import (CompletionOptions, CompletionRequest, FileContext, byte_offset_from_char_offset,
@@ -128,33 +130,26 @@ def build_request(args: argparse.Namespace) -> CompletionRequest:
     return request
 
 
-def run(args: argparse.Namespace, request: CompletionRequest, engine: Any) -> dict:
+def run(args: argparse.Namespace, request: CompletionRequest, engine: EngineProtocol) -> dict:
     """Complete with a loaded engine; returns the --json object."""
     if args.show_prompt:
         prompt = prepare(engine, request)[0]
         sys.stderr.write(prompt.render() + "\n")
     response = complete(engine, request)
-    start, end = response.range
+    cursor = request.cursor
     if args.offset is not None:  # answer in the unit the position was given in
-        start, end = (byte_offset_from_char_offset(request.text, i) for i in response.range)
-    return {"text": response.text, "range": [start, end], "debug": {**response.debug, "char_range": list(response.range)}}
+        cursor = byte_offset_from_char_offset(request.text, cursor)
+    return {"text": response.text, "range": [cursor, cursor],
+            "debug": {**response.debug, "char_range": [request.cursor, request.cursor]}}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `fim`: 0 on success, 2 on bad input (one line on stderr), 1 on an internal error."""
     try:
-        from codegemma.errors import CodegemmaError
-    except ImportError as error:  # a broken install, not bad input
-        print(f"fim: cannot import the model core: {error}", file=sys.stderr)
-        return 1
-    try:
         args = build_parser().parse_args(argv)
         request = build_request(args)  # bad input is reported before the model takes seconds to load
-        import codegemma
-
-        engine = codegemma.load(args.model, dtype=args.dtype, int8=args.int8)
-        result = run(args, request, engine)
-    except (FimError, CodegemmaError) as error:
+        result = run(args, request, load_engine(args.model, dtype=args.dtype, int8=args.int8))
+    except FimError as error:
         print(f"fim: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

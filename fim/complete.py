@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+
+from codegemma import EngineProtocol, GenerateOptions
 
 from fim.context import debug_snippets, rank_snippets
+from fim.engine import engine_errors
 from fim.errors import BadRequestError
 from fim.languages import normalize_language
 from fim.postprocess import BlockEndWatcher, decide_mode, postprocess
@@ -17,7 +19,7 @@ from fim.prompt import DEFAULT_PROMPT_BUDGET, SUFFIX_SHARE, Prompt, build_prompt
 from fim.request import CompletionRequest, CompletionResponse, validate_request
 
 
-def prompt_budget(engine: Any, request: CompletionRequest) -> int:
+def prompt_budget(engine: EngineProtocol, request: CompletionRequest) -> int:
     """Prompt tokens for this request: the option or the default, within the engine's context."""
     options = request.options
     budget = options.prompt_budget or DEFAULT_PROMPT_BUDGET
@@ -28,7 +30,7 @@ def prompt_budget(engine: Any, request: CompletionRequest) -> int:
     return min(budget, room)
 
 
-def prepare(engine: Any, request: CompletionRequest) -> tuple[Prompt, str, bool, dict]:
+def prepare(engine: EngineProtocol, request: CompletionRequest) -> tuple[Prompt, str, bool, dict]:
     """Validate, pick the line mode, rank context and build the prompt: (prompt, language, multiline, debug)."""
     validate_request(request)
     language = normalize_language(request.language, request.path)
@@ -40,9 +42,10 @@ def prepare(engine: Any, request: CompletionRequest) -> tuple[Prompt, str, bool,
         snippets, summary = [], {"files": len(request.other_files), "candidates": 0,
                                  "disabled": not request.options.use_context}
     context_s = time.perf_counter() - started
-    prompt = build_prompt(engine.tokenizer, engine.supports_fim, request.path, request.text, request.cursor,
-                          language, snippets, prompt_budget(engine, request))
-    shown, left_out = debug_snippets(snippets)
+    with engine_errors():
+        prompt = build_prompt(engine.tokenizer, engine.supports_fim, request.path, request.text, request.cursor,
+                              language, snippets, prompt_budget(engine, request))
+    shown, left_out = debug_snippets(prompt.snippets)
     debug = {
         "language": language,
         "mode": {"multiline": multiline, "reason": mode_reason},
@@ -55,12 +58,12 @@ def prepare(engine: Any, request: CompletionRequest) -> tuple[Prompt, str, bool,
     return prompt, language, multiline, debug
 
 
-def complete(engine: Any, request: CompletionRequest, *, should_stop: Callable[[], bool] | None = None,
+def complete(engine: EngineProtocol, request: CompletionRequest, *, should_stop: Callable[[], bool] | None = None,
              on_text: Callable[[str], None] | None = None) -> CompletionResponse:
     """Complete the request with the engine (one call at a time per engine).
 
     `on_text` receives the raw streamed text before post-processing; `should_stop` cancels (polled every
-    decode step). Raises BadRequestError for an invalid request, codegemma errors from the engine.
+    decode step). Raises BadRequestError for an invalid request, EngineError when the engine refuses it.
     """
     started = time.perf_counter()
     prompt, language, multiline, debug = prepare(engine, request)
@@ -75,17 +78,19 @@ def complete(engine: Any, request: CompletionRequest, *, should_stop: Callable[[
     def stop_now() -> bool:
         return watcher.ended or (should_stop is not None and should_stop())
 
-    stop_strings = tuple(options.stop) + (() if multiline else ("\n",))
     # Without FIM the suffix is not in the prompt, but the model often writes code it contains: let the
     # drafter copy from it.
     sources = [] if prompt.fim else [fit_suffix(engine.tokenizer, request.text, request.cursor,
                                                 int(prompt.budget * SUFFIX_SHARE))[1]]
-    deadline = time.monotonic() + options.time_budget_ms / 1000 if options.time_budget_ms else None
-    generation = engine.generate(
-        prompt.ids, max_new_tokens=options.max_tokens, temperature=options.temperature, top_k=options.top_k,
-        top_p=options.top_p, seed=options.seed, stop_strings=stop_strings, on_text=streamed,
-        should_stop=stop_now, deadline=deadline, speculative=options.speculative,
-        cache_key=request.cache_key or request.path, reuse_prompt=options.reuse_prompt, draft_sources=sources)
+    generate_options = GenerateOptions(
+        max_new_tokens=options.max_tokens, temperature=options.temperature, top_k=options.top_k,
+        top_p=options.top_p, seed=options.seed, stop_strings=tuple(options.stop) + (() if multiline else ("\n",)),
+        deadline=time.monotonic() + options.time_budget_ms / 1000 if options.time_budget_ms else None,
+        speculative=options.speculative, cache_key=request.cache_key or request.path,
+        reuse_prompt=options.reuse_prompt)
+    with engine_errors():
+        generation = engine.generate(prompt.ids, generate_options, on_text=streamed, should_stop=stop_now,
+                                     draft_sources=sources)
     stop_reason = generation.stop_reason
     if stop_reason == "cancelled" and watcher.ended and not (should_stop is not None and should_stop()):
         stop_reason = "block_end"
@@ -95,6 +100,8 @@ def complete(engine: Any, request: CompletionRequest, *, should_stop: Callable[[
     debug["postprocess"] = steps
     debug["stop_reason"] = stop_reason
     debug["engine"] = {"name": engine.name, **generation.stats.to_dict()}
+    elapsed = time.perf_counter() - started
     debug["timings"]["postprocess_s"] = round(time.perf_counter() - post_started, 6)
-    debug["timings"]["total_s"] = round(time.perf_counter() - started, 6)
-    return CompletionResponse(text=text, range=(request.cursor, request.cursor), debug=debug, stop_reason=stop_reason)
+    debug["timings"]["total_s"] = round(elapsed, 6)
+    return CompletionResponse(text=text, stop_reason=stop_reason, stats=generation.stats, elapsed_s=elapsed,
+                              window=(prompt.prefix_start, prompt.suffix_end), debug=debug)

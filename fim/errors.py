@@ -18,3 +18,8 @@ class QueueFullError(FimError):
 
 class ServiceNotReadyError(FimError):
     """The model failed to load, or the service was closed."""
+
+
+class EngineError(FimError):
+    """The model core refused or failed: a model that does not load, a prompt longer than its context,
+    text its tokenizer cannot handle. Carries the core's one-line message."""

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+
+from codegemma.tokenizer import Tokenizer
 
 from fim.context import Snippet
 from fim.errors import BadRequestError
@@ -51,6 +52,7 @@ class Prompt:
     segments: list[Segment] = field(default_factory=list)
     prefix_start: int = 0  # character offset of the first prefix character kept
     suffix_end: int = 0  # character offset after the last suffix character kept
+    snippets: list[Snippet] = field(default_factory=list)  # the candidates given, each marked used or dropped
 
     @property
     def ids(self) -> list[int]:
@@ -73,7 +75,7 @@ class Prompt:
 
 
 @functools.lru_cache(maxsize=65536)
-def _line_tokens(tokenizer: Any, line: str) -> int:
+def _line_tokens(tokenizer: Tokenizer, line: str) -> int:
     """Tokens of one line, cached: between keystrokes almost every line is unchanged."""
     return len(tokenizer.encode(line))
 
@@ -88,7 +90,7 @@ def display_paths(current: str, others: list[str]) -> dict[str, str]:
     return normalized
 
 
-def _aligned_cut(tokenizer: Any, text: str, budget: int, keep_end: bool) -> int:
+def _aligned_cut(tokenizer: Tokenizer, text: str, budget: int, keep_end: bool) -> int:
     """Where to cut a single over-long line so that the kept part fits `budget` tokens.
 
     keep_end=True keeps text[cut:] (the prefix side): cut is the smallest multiple of PREFIX_CHAR_STEP
@@ -118,7 +120,7 @@ def line_step(budget: int) -> int:
     return max(1, min(PREFIX_LINE_STEP, budget // PREFIX_STEP_TOKENS))
 
 
-def fit_prefix(tokenizer: Any, text: str, cursor: int, budget: int) -> tuple[int, list[int]]:
+def fit_prefix(tokenizer: Tokenizer, text: str, cursor: int, budget: int) -> tuple[int, list[int]]:
     """The start offset and token ids of the longest prefix that fits `budget`, nearest lines first.
 
     The first kept line is a multiple of `line_step(budget)` (line 0 when everything fits).
@@ -145,7 +147,7 @@ def fit_prefix(tokenizer: Any, text: str, cursor: int, budget: int) -> tuple[int
         first = min(len(lines), first + step)  # per-line counts underestimated the joined text
 
 
-def fit_suffix(tokenizer: Any, text: str, cursor: int, budget: int) -> tuple[int, list[int]]:
+def fit_suffix(tokenizer: Tokenizer, text: str, cursor: int, budget: int) -> tuple[int, list[int]]:
     """The end offset and token ids of the longest suffix that fits `budget`, nearest lines first."""
     if budget <= 0 or cursor == len(text):
         return cursor, []
@@ -171,9 +173,10 @@ def fit_suffix(tokenizer: Any, text: str, cursor: int, budget: int) -> tuple[int
         ends.pop()
 
 
-def build_prompt(tokenizer: Any, supports_fim: bool, path: str, text: str, cursor: int, language: str,
+def build_prompt(tokenizer: Tokenizer, supports_fim: bool, path: str, text: str, cursor: int, language: str,
                  snippets: list[Snippet], budget: int) -> Prompt:
-    """Assemble the prompt within `budget` tokens; marks each candidate snippet used or dropped."""
+    """Assemble the prompt within `budget` tokens. `snippets` are left as they are: the prompt's `snippets`
+    are copies, each candidate marked used or dropped with its token count."""
     fim = supports_fim and None not in (tokenizer.fim_prefix_id, tokenizer.fim_suffix_id, tokenizer.fim_middle_id)
     separator = tokenizer.file_separator_id if fim else None
     comment = line_comment(language)
@@ -199,24 +202,25 @@ def build_prompt(tokenizer: Any, supports_fim: bool, path: str, text: str, curso
 
     suffix_end, suffix_ids = fit_suffix(tokenizer, text, cursor, min(int(budget * SUFFIX_SHARE), room // 2)) if fim else (cursor, [])
     context_left = min(int(budget * CONTEXT_SHARE), room - len(suffix_ids) - MIN_PREFIX_TOKENS)
-    context: list[tuple[Snippet, list[int], str]] = []
+    context: list[tuple[list[int], str]] = []
+    decided: dict[int, Snippet] = {}  # id of a candidate given -> its marked copy
     for snippet in candidates:
         body = snippet.text if snippet.text.endswith("\n") else snippet.text + "\n"
         ids, label = file_header(paths[snippet.path])
         if separator is None:
             body += "\n"  # a blank line between files when there is no separator token
         ids = ids + tokenizer.encode(body)
-        snippet.tokens = len(ids)
         if len(ids) <= context_left:
             context_left -= len(ids)
-            snippet.status, snippet.reason = "used", snippet.reason or f"similarity {snippet.score:.3f}"
-            context.append((snippet, ids, label + body))
+            decided[id(snippet)] = replace(snippet, status="used", tokens=len(ids),
+                                           reason=snippet.reason or f"similarity {snippet.score:.3f}")
+            context.append((ids, label + body))
         else:
-            snippet.status = "dropped"
-            snippet.reason = f"over the context budget ({len(ids)} tokens, {max(context_left, 0)} left)"
+            decided[id(snippet)] = replace(snippet, status="dropped", tokens=len(ids), reason=f"over the context "
+                                           f"budget ({len(ids)} tokens, {max(context_left, 0)} left)")
     # Best snippet last: nearest to the code being completed.
     prompt.add("special", piece(tokenizer.bos_id), [tokenizer.bos_id])
-    for snippet, ids, rendered in reversed(context):
+    for ids, rendered in reversed(context):
         prompt.add("context", rendered, ids)
     prompt.add("path", header_text, header_ids)
     prefix_budget = budget - len(prompt.ids) - len(suffix_ids) - (3 if fim else 0)
@@ -229,4 +233,5 @@ def build_prompt(tokenizer: Any, supports_fim: bool, path: str, text: str, curso
         prompt.add("suffix", text[cursor:suffix_end], suffix_ids)
         prompt.add("special", piece(tokenizer.fim_middle_id), [tokenizer.fim_middle_id])
     prompt.prefix_start, prompt.suffix_end = prefix_start, suffix_end
+    prompt.snippets = [decided.get(id(s), s) for s in snippets]
     return prompt

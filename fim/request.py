@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from codegemma import GenStats
+
 from fim.errors import BadRequestError
 
 MODES = ("auto", "single", "multi")
@@ -54,14 +56,19 @@ class CompletionRequest:
     cache_key: str | None = None  # defaults to path
 
 
-@dataclass
+@dataclass(frozen=True)
 class CompletionResponse:
-    """The text to insert, the character range [start, end) it replaces, and why it came out this way."""
+    """The text to insert at the request's cursor, how the engine produced it, and why it came out this way.
+
+    `stats` and `window` are what front ends report (token counts, timings, a truncated prompt); `debug` is
+    the full record for people reading it (`fim --json`), not a contract."""
 
     text: str
-    range: tuple[int, int]
+    stop_reason: str  # eos | stop_token | stop_string | max_tokens | cancelled | deadline | context | block_end
+    stats: GenStats  # the engine's generation statistics
+    elapsed_s: float  # the service's own time on the request: context, prompt, engine, post-processing
+    window: tuple[int, int]  # character range of the text the prompt kept: [first prefix char, suffix end)
     debug: dict
-    stop_reason: str
 
 
 def validate_request(request: CompletionRequest) -> None:

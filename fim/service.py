@@ -11,10 +11,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+
+from codegemma import EngineProtocol
 
 from fim.complete import complete
+from fim.engine import load_engine
 from fim.errors import QueueFullError, ServiceNotReadyError
 from fim.request import CompletionRequest, CompletionResponse, validate_request
 
@@ -27,18 +30,18 @@ class CompletionService:
     """A background-loaded engine plus one worker thread draining a bounded request queue.
 
     `engine` may be given directly (tests, embedding an engine that is already loaded); otherwise
-    `start()` loads `model` with `codegemma.load` in a background thread.
+    `start()` loads `model` with `fim.engine.load_engine` in a background thread.
     """
 
     def __init__(self, model: str | None = None, dtype: str | None = None, int8: bool = False,
-                 max_queue: int = 8, *, engine: Any = None) -> None:
+                 max_queue: int = 8, *, engine: EngineProtocol | None = None) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.model = model
         self.dtype = dtype
         self.int8 = int8
         self.max_queue = max_queue
-        self.engine: Any = None
+        self.engine: EngineProtocol | None = None
         self.error: str | None = None
         self.load_s: float | None = None
         self._given_engine = engine
@@ -69,7 +72,7 @@ class CompletionService:
 
     def submit(self, request: CompletionRequest, *, should_stop: Callable[[], bool] | None = None,
                on_text: Callable[[str], None] | None = None) -> Future:
-        """Queue a request; the Future resolves to a CompletionResponse or raises FimError/CodegemmaError.
+        """Queue a request; the Future resolves to a CompletionResponse or raises a FimError.
 
         Raises BadRequestError for an invalid request, QueueFullError when `max_queue` requests are
         already waiting, and ServiceNotReadyError when the model failed to load or the service is closed.
@@ -129,10 +132,8 @@ class CompletionService:
             if self._given_engine is not None:
                 self.engine = self._given_engine
             else:
-                import codegemma  # imported here so that constructing a service stays cheap
-
                 report(f"loading model {self.model or 'default'}", 0.0)
-                self.engine = codegemma.load(self.model, dtype=self.dtype, int8=self.int8)
+                self.engine = load_engine(self.model, dtype=self.dtype, int8=self.int8)
         except Exception as error:  # noqa: BLE001 - a load failure is reported, never raised into a thread
             self.error = str(error).splitlines()[0] if str(error) else type(error).__name__
             report(f"model failed to load: {self.error}", 1.0)

@@ -82,18 +82,13 @@ def context_files(documents: list[tuple[str, str]]) -> list[FileContext]:
 
 
 def edit(snap: Snapshot, response: CompletionResponse) -> Edit | None:
-    """The document edit for fim's answer, or None when it adds nothing.
+    """The document edit for fim's answer (text to insert at the cursor), or None when it adds nothing.
 
-    fim replaces snapshot[r0:r1] with its text; with a selected menu item the edit must start where
-    that item starts and include its text, so the client shows it as the item's continuation."""
-    r0, r1 = (snap.window_start + r for r in response.range)
-    full_cursor = snap.sel_start + len(snap.sel_text)
-    start = min(snap.sel_start, r0)
-    lead = _slice(snap, start, r0)  # text between the edit's start and fim's range (the selection)
-    end = max(r1, full_cursor) - len(snap.sel_text) + (snap.sel_end - snap.sel_start)
-    if not response.text and r1 <= r0:
+    With a selected menu item the edit starts where that item starts and includes its text, so the client
+    shows it as the item's continuation."""
+    if not response.text:
         return None
-    return Edit(start, end, lead + response.text)
+    return Edit(snap.sel_start, snap.sel_end, snap.sel_text + response.text)
 
 
 def line_edit(document_text: str, cursor: int, full: Edit) -> Edit | None:
@@ -109,7 +104,3 @@ def line_edit(document_text: str, cursor: int, full: Edit) -> Edit | None:
     word = _WORD_BEFORE.search(document_text, line_start, full.start).group()
     return Edit(full.start - len(word), max(end, full.start), word + text)
 
-
-def _slice(snap: Snapshot, start: int, stop: int) -> str:
-    """Text of the document-with-selection between two of its offsets, read from the window."""
-    return snap.text[start - snap.window_start: stop - snap.window_start]

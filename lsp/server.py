@@ -19,7 +19,6 @@ from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInter
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from codegemma.errors import CodegemmaError
 from fim import CompletionService, FimError, QueueFullError, ServiceNotReadyError
 from lsp import completer, loader
 from lsp.documents import DocumentError, Documents
@@ -160,7 +159,7 @@ class CodegemmaServer(LanguageServer):
             raise
         except (QueueFullError, ServiceNotReadyError):
             return None  # busy, or no model (the user was told when it failed to load)
-        except (FimError, CodegemmaError) as error:
+        except FimError as error:
             raise JsonRpcInternalError(message=f"completion failed: {_one_line(error)}") from None
         finally:
             self.inflight.finish(uri, ticket)

@@ -1,6 +1,6 @@
 """Every failure as JSON: {"error": {"code", "message", "type"}} (the shape llama.cpp and OpenAI use).
 
-Handlers for our own ApiError, request validation, unknown routes, fim's and codegemma's errors, and a last
+Handlers for our own ApiError, request validation, unknown routes, fim's errors, and a last
 resort for anything else so that a client never sees a traceback.
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from codegemma.errors import CodegemmaError
 from fim.errors import FimError, QueueFullError, ServiceNotReadyError
 
 log = logging.getLogger("fim.http")
@@ -68,8 +67,8 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where}: {message}{more}"
 
 
-def status_for(error: FimError | CodegemmaError) -> int:
-    """The HTTP status of a completion-service or model error: 503 for capacity, 422 for the request."""
+def status_for(error: FimError) -> int:
+    """The HTTP status of a completion-service error: 503 for capacity, 422 for the request."""
     if isinstance(error, (QueueFullError, ServiceNotReadyError)):
         return 503
     return 422
@@ -100,8 +99,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         return error_response(503, f"server busy: {exc}", {"Retry-After": str(retry_after_s)})
 
     @app.exception_handler(FimError)
-    @app.exception_handler(CodegemmaError)
-    async def _service(_: Request, exc: FimError | CodegemmaError) -> JSONResponse:
+    async def _service(_: Request, exc: FimError) -> JSONResponse:
         return error_response(status_for(exc), str(exc))
 
     @app.exception_handler(Exception)

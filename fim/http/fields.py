@@ -10,7 +10,6 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from fim.languages import TEXT, normalize_language
-from fim.request import CompletionRequest, CompletionResponse
 
 # Below this the warped distribution is the argmax to float32 precision, and dividing logits by it
 # overflows: such requests are served greedily.
@@ -70,21 +69,3 @@ def language(name: str | None) -> str | None:
     if name is None or normalize_language(name, "") == TEXT:
         return None
     return name
-
-
-def insertion(request: CompletionRequest, response: CompletionResponse) -> str:
-    """The text to insert at the cursor, for APIs that can only insert (all three of ours).
-
-    fim may answer with a replacement range around the cursor (e.g. it rewrote a closing bracket the
-    suffix already had); an insert-only client keeps its text, so the overlapping part is dropped.
-    """
-    start, end = response.range
-    text = response.text
-    cursor = request.cursor
-    before = request.text[start:cursor] if start < cursor else ""
-    after = request.text[cursor:end] if end > cursor else ""
-    if before and text.startswith(before):
-        text = text[len(before):]
-    if after and text.endswith(after):
-        text = text[: len(text) - len(after)]
-    return text

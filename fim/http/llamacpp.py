@@ -13,6 +13,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from codegemma import GenStats
+
 from fim.http import fields
 from fim.http.errors import error_response
 from fim.http.runner import Completion, Finished
@@ -91,17 +93,17 @@ def _per(n: float, ms: float) -> tuple[float, float]:
     return (ms / n if n else 0.0), (1000.0 * n / ms if ms else 0.0)
 
 
-def timings(stats: dict) -> dict:
-    prompt_n = int(stats.get("prompt_tokens", 0)) - int(stats.get("cached_tokens", 0))
-    prompt_ms = 1000.0 * stats.get("prefill_s", 0.0)
-    predicted_n = int(stats.get("new_tokens", 0))
-    predicted_ms = 1000.0 * stats.get("decode_s", 0.0)
+def timings(stats: GenStats) -> dict:
+    prompt_n = stats.prompt_tokens - stats.cached_tokens
+    prompt_ms = 1000.0 * stats.prefill_s
+    predicted_n = stats.new_tokens
+    predicted_ms = 1000.0 * stats.decode_s
     prompt_per_token_ms, prompt_per_second = _per(prompt_n, prompt_ms)
     predicted_per_token_ms, predicted_per_second = _per(predicted_n, predicted_ms)
     return {"prompt_n": prompt_n, "prompt_ms": prompt_ms, "prompt_per_token_ms": prompt_per_token_ms,
             "prompt_per_second": prompt_per_second, "predicted_n": predicted_n, "predicted_ms": predicted_ms,
             "predicted_per_token_ms": predicted_per_token_ms, "predicted_per_second": predicted_per_second,
-            "draft_n": int(stats.get("drafted", 0)), "draft_n_accepted": int(stats.get("accepted", 0))}
+            "draft_n": stats.drafted, "draft_n_accepted": stats.accepted}
 
 
 class Infill:
@@ -131,7 +133,7 @@ class Infill:
 
     def content(self, finished: Finished) -> tuple[str, str]:
         """(content, stop_type) of a finished completion."""
-        text = fields.insertion(self.request, finished.response)
+        text = finished.response.text
         stop_type = _STOP_TYPES.get(finished.response.stop_reason, "eos")
         cut = dedent_cut(text, self.body.n_indent)
         if cut is not None:
@@ -142,9 +144,8 @@ class Infill:
 
     def truncated(self, finished: Finished) -> bool:
         """True when the prompt budget cut the text before or after the cursor (llama.cpp: context full)."""
-        prompt = finished.response.debug.get("prompt", {})
-        prefix, suffix = prompt.get("prefix_chars", [0, 0]), prompt.get("suffix_chars", [0, len(self.request.text)])
-        return prefix[0] > 0 or suffix[1] < len(self.request.text)
+        first, end = finished.response.window
+        return first > 0 or end < len(self.request.text)
 
     def final(self, finished: Finished, content: str, stop_type: str) -> dict:
         stats = finished.stats
@@ -155,9 +156,9 @@ class Infill:
             "id_slot": 0,
             "stop": True,
             "model": self.state.model_name,
-            "tokens_predicted": int(stats.get("new_tokens", 0)) if self.n_predict else 0,
-            "tokens_evaluated": int(stats.get("prompt_tokens", 0)),
-            "tokens_cached": int(stats.get("cached_tokens", 0)),
+            "tokens_predicted": stats.new_tokens if self.n_predict else 0,
+            "tokens_evaluated": stats.prompt_tokens,
+            "tokens_cached": stats.cached_tokens,
             "truncated": self.truncated(finished),
             "stop_type": stop_type,
             "has_new_line": "\n" in content,

@@ -92,9 +92,8 @@ class OpenAICompletion:
         return "length" if finished.response.stop_reason in _LENGTH_REASONS else "stop"
 
     def body(self, finished: Finished) -> dict:
-        text = fields.insertion(self.request, finished.response)
-        prompt_tokens = int(finished.stats.get("prompt_tokens", 0))
-        new_tokens = int(finished.stats.get("new_tokens", 0))
+        text = finished.response.text
+        prompt_tokens, new_tokens = finished.stats.prompt_tokens, finished.stats.new_tokens
         return {**self._chunk(text, self.finish_reason(finished)),
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": new_tokens,
                           "total_tokens": prompt_tokens + new_tokens}}
@@ -105,7 +104,7 @@ class OpenAICompletion:
             sent += piece
             yield event(self._chunk(piece, None))
         finished = self.completion.finished()
-        text = fields.insertion(self.request, finished.response)
+        text = finished.response.text
         yield event(self._chunk(unsent(text, sent), self.finish_reason(finished)))
         yield event("[DONE]")
 

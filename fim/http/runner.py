@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from codegemma import GenStats
+
 from fim.errors import QueueFullError
 from fim.http.errors import ApiError
 from fim.http.metrics import CompletionSample
@@ -28,19 +30,12 @@ CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in logs and
 class Finished:
     """A completion's response with the numbers the API formats report."""
     response: CompletionResponse
-    stats: dict        # the engine's GenStats.to_dict(); empty when the engine never ran
     wall_s: float      # submit to result, queue wait included
     queue_s: float     # waiting for the worker
 
-
-def engine_stats(response: CompletionResponse) -> dict:
-    stats = response.debug.get("engine")
-    return stats if isinstance(stats, dict) else {}
-
-
-def _stat(stats: dict, key: str) -> float:
-    value = stats.get(key, 0)
-    return value if isinstance(value, (int, float)) else 0
+    @property
+    def stats(self) -> GenStats:
+        return self.response.stats
 
 
 class Completion:
@@ -134,18 +129,9 @@ class Completion:
         return self._finished(self._future.result())
 
     def _finished(self, response: CompletionResponse) -> Finished:
-        stats = engine_stats(response)
         wall = time.monotonic() - self._submitted
-        return Finished(response, stats, wall, self._queue_s(wall, response))
-
-    @staticmethod
-    def _queue_s(wall: float, response: CompletionResponse) -> float:
         # fim times its own work (prompt, engine, post-processing); the rest of the wall time was waiting.
-        timings = response.debug.get("timings")
-        busy = timings.get("total_s") if isinstance(timings, dict) else None
-        if not isinstance(busy, (int, float)):
-            busy = _stat(engine_stats(response), "total_s")
-        return max(0.0, wall - busy)
+        return Finished(response, wall, max(0.0, wall - response.elapsed_s))
 
     def _should_stop(self) -> bool:
         return self._stop.is_set() or self.watch_stopped
@@ -164,15 +150,12 @@ class Completion:
     def _record(self, future: Future) -> None:
         sample = None
         if not future.cancelled() and future.exception() is None:
-            response: CompletionResponse = future.result()
-            stats = engine_stats(response)
-            wall = time.monotonic() - self._submitted
+            finished = self._finished(future.result())
+            stats, response = finished.stats, finished.response
             stopped_by_watch = self.watch_stopped and not self.cancelled and response.stop_reason == "cancelled"
             sample = CompletionSample(
                 route=self.route, stop_reason=self._watch_reason if stopped_by_watch else response.stop_reason,
-                queue_s=self._queue_s(wall, response),
-                prefill_s=_stat(stats, "prefill_s"), decode_s=_stat(stats, "decode_s"), total_s=wall,
-                prompt_tokens=int(_stat(stats, "prompt_tokens")), cached_tokens=int(_stat(stats, "cached_tokens")),
-                new_tokens=int(_stat(stats, "new_tokens")), drafted=int(_stat(stats, "drafted")),
-                accepted=int(_stat(stats, "accepted")))
+                queue_s=finished.queue_s, prefill_s=stats.prefill_s, decode_s=stats.decode_s,
+                total_s=finished.wall_s, prompt_tokens=stats.prompt_tokens, cached_tokens=stats.cached_tokens,
+                new_tokens=stats.new_tokens, drafted=stats.drafted, accepted=stats.accepted)
         self.state.metrics.completion_finished(sample, self.cancelled)

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 
-from codegemma.errors import CodegemmaError
 from fim.errors import FimError
 from fim.http.errors import ApiError, error_body, status_for
 
@@ -28,7 +27,7 @@ def unsent(final: str, sent: str) -> str:
 def error_event(error: Exception) -> str:
     if isinstance(error, ApiError):
         return event(error_body(error.status, error.message))
-    if isinstance(error, (FimError, CodegemmaError)):
+    if isinstance(error, FimError):
         return event(error_body(status_for(error), str(error)))
     log.exception("unexpected error while streaming a completion")
     return event(error_body(500, f"internal error ({type(error).__name__}); see the server log"))

@@ -90,8 +90,7 @@ async def completions(body: TabbyCompletionRequest, request: Request, state: Sta
     job = Completion(state, completion_request, "/v1/completions")
     job.submit()
     finished = await job.result(request)
-    text = fields.insertion(completion_request, finished.response)
-    return {"id": f"cmpl-{uuid.uuid4()}", "choices": [{"index": 0, "text": text}]}
+    return {"id": f"cmpl-{uuid.uuid4()}", "choices": [{"index": 0, "text": finished.response.text}]}
 
 
 def _cpu_info() -> str:

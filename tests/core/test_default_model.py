@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import codegemma
+from codegemma import GenerateOptions
 from codegemma.config import preset, to_hf_config
 from codegemma.loader import default_gguf
 
@@ -86,7 +87,7 @@ def test_default_loads_without_fim(engine):
     tok = engine.tokenizer
     assert (tok.fim_prefix_id, tok.fim_suffix_id, tok.fim_middle_id) == (None, None, None)
     assert tok.vocab_size == engine.config.vocab_size == 262144
-    gen = engine.generate(tok.encode(PROMPTS["python"], bos=True), max_new_tokens=8)
+    gen = engine.generate(tok.encode(PROMPTS["python"], bos=True), GenerateOptions(max_new_tokens=8))
     assert gen.tokens and gen.text
 
 
@@ -105,7 +106,7 @@ def test_warm_load_is_fast(engine):
 @pytest.mark.parametrize("language", sorted(PROMPTS))
 def test_greedy_tokens_equal_transformers(engine_fp32, transformers_model, language):
     ids = engine_fp32.tokenizer.encode(PROMPTS[language], bos=True)
-    ours = engine_fp32.generate(ids, max_new_tokens=STEPS, stop_ids=[]).tokens
+    ours = engine_fp32.generate(ids, GenerateOptions(max_new_tokens=STEPS, stop_ids=frozenset())).tokens
     assert len(ours) == STEPS
     reference = transformers_choices(transformers_model, ids, ours)
     first = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b), None)

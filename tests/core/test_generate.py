@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from codegemma import GenerateOptions
 from codegemma.drafters import ModelDrafter, NGramDrafter
 from codegemma.errors import PromptTooLongError, TokenizerError
 from codegemma.generate import PREFILL_BLOCK, TextStream, accept_or_resample, generate, prefill
@@ -38,15 +39,15 @@ def _prompts(engine, n=12):
 
 
 def _plain(engine, prompt, **kw):
-    return engine.generate(prompt, speculative=False, reuse_prompt=False, **kw)
+    return engine.generate(prompt, GenerateOptions(speculative=False, reuse_prompt=False, **kw))
 
 
 @pytest.mark.parametrize("max_new", [1, 7, 40])
 def test_ngram_speculative_greedy_equals_plain(engine, max_new):
     drafted = 0
     for prompt in _prompts(engine):
-        plain = _plain(engine, prompt, max_new_tokens=max_new, stop_ids=[])
-        spec = engine.generate(prompt, max_new_tokens=max_new, stop_ids=[], reuse_prompt=False)
+        plain = _plain(engine, prompt, max_new_tokens=max_new, stop_ids=frozenset())
+        spec = engine.generate(prompt, GenerateOptions(max_new_tokens=max_new, stop_ids=frozenset(), reuse_prompt=False))
         assert spec.tokens == plain.tokens
         assert spec.stop_reason == plain.stop_reason
         drafted += spec.stats.drafted
@@ -57,12 +58,12 @@ def test_ngram_speculative_greedy_equals_plain(engine, max_new):
 def test_stop_token_inside_a_draft(engine):
     """Pick a stop token that the greedy output contains; both paths must stop at its first occurrence."""
     for prompt in _prompts(engine):
-        free = _plain(engine, prompt, max_new_tokens=40, stop_ids=[])
+        free = _plain(engine, prompt, max_new_tokens=40, stop_ids=frozenset())
         if len(free.tokens) < 6:
             continue
         stop = free.tokens[5]
-        plain = _plain(engine, prompt, max_new_tokens=40, stop_ids=[stop])
-        spec = engine.generate(prompt, max_new_tokens=40, stop_ids=[stop], reuse_prompt=False)
+        plain = _plain(engine, prompt, max_new_tokens=40, stop_ids=frozenset({stop}))
+        spec = engine.generate(prompt, GenerateOptions(max_new_tokens=40, stop_ids=frozenset({stop}), reuse_prompt=False))
         assert spec.tokens == plain.tokens == free.tokens[:free.tokens.index(stop)]
         assert spec.stop_reason == plain.stop_reason == "stop_token"
 
@@ -75,7 +76,7 @@ def test_model_drafter_greedy_equals_plain(engine, same_weights):
         draft = random_model(cfg, seed=3)
     draft.setup_cache(engine.max_seq_len)
     for prompt in _prompts(engine, 8):
-        plain = _plain(engine, prompt, max_new_tokens=24, stop_ids=[])
+        plain = _plain(engine, prompt, max_new_tokens=24, stop_ids=frozenset())
         gen, _ = generate(engine.model, prompt, 0, max_new_tokens=24, sampler=Sampler(), stop_ids=frozenset(),
                           eos_id=engine.tokenizer.eos_id, stream=TextStream(engine.tokenizer.decode, (), None),
                           drafter=ModelDrafter(draft, max_k=5))
@@ -109,8 +110,8 @@ def test_rejection_rule_reproduces_target_distribution():
 
 def test_seeded_sampling_is_reproducible(engine):
     prompt = _prompts(engine)[0]
-    a = engine.generate(prompt, max_new_tokens=20, temperature=0.8, top_k=50, top_p=0.9, seed=7, stop_ids=[])
-    b = engine.generate(prompt, max_new_tokens=20, temperature=0.8, top_k=50, top_p=0.9, seed=7, stop_ids=[])
+    a = engine.generate(prompt, GenerateOptions(max_new_tokens=20, temperature=0.8, top_k=50, top_p=0.9, seed=7, stop_ids=frozenset()))
+    b = engine.generate(prompt, GenerateOptions(max_new_tokens=20, temperature=0.8, top_k=50, top_p=0.9, seed=7, stop_ids=frozenset()))
     assert a.tokens == b.tokens and len(a.tokens) == 20
 
 
@@ -134,19 +135,19 @@ def test_prompt_cache_restores_another_documents_prefix():
     engine = tiny_engine(fim=True, arch="gemma3", seed=5)
     a = engine.tokenizer.encode(CODE[0] * 3, bos=True)
     b = engine.tokenizer.encode(CODE[1] * 3, bos=True)
-    ga = engine.generate(a, max_new_tokens=5, cache_key="a", stop_ids=[])
-    engine.generate(b, max_new_tokens=5, cache_key="b", stop_ids=[])
-    again = engine.generate(a, max_new_tokens=5, cache_key="a", stop_ids=[])
+    ga = engine.generate(a, GenerateOptions(max_new_tokens=5, cache_key="a", stop_ids=frozenset()))
+    engine.generate(b, GenerateOptions(max_new_tokens=5, cache_key="b", stop_ids=frozenset()))
+    again = engine.generate(a, GenerateOptions(max_new_tokens=5, cache_key="a", stop_ids=frozenset()))
     assert again.stats.cached_tokens == (len(a) - 1) // PREFILL_BLOCK * PREFILL_BLOCK > 0
     assert again.tokens == ga.tokens
 
 
 def test_stop_strings_and_streaming(engine):
     prompt = _prompts(engine)[1]
-    free = _plain(engine, prompt, max_new_tokens=30, stop_ids=[])
+    free = _plain(engine, prompt, max_new_tokens=30, stop_ids=frozenset())
     stop = free.text[10:13]
     pieces = []
-    gen = engine.generate(prompt, max_new_tokens=30, stop_ids=[], stop_strings=[stop], on_text=pieces.append)
+    gen = engine.generate(prompt, GenerateOptions(max_new_tokens=30, stop_ids=frozenset(), stop_strings=(stop,)), on_text=pieces.append)
     assert gen.stop_reason == "stop_string"
     assert gen.text == free.text[:free.text.index(stop)]
     assert "".join(pieces) == gen.text
@@ -154,8 +155,8 @@ def test_stop_strings_and_streaming(engine):
 
 def test_cancellation_and_deadline(engine):
     prompt = _prompts(engine)[0]
-    assert engine.generate(prompt, max_new_tokens=50, stop_ids=[], should_stop=lambda: True).stop_reason == "cancelled"
-    assert engine.generate(prompt, max_new_tokens=50, stop_ids=[], deadline=0.0).stop_reason == "deadline"
+    assert engine.generate(prompt, GenerateOptions(max_new_tokens=50, stop_ids=frozenset()), should_stop=lambda: True).stop_reason == "cancelled"
+    assert engine.generate(prompt, GenerateOptions(max_new_tokens=50, stop_ids=frozenset(), deadline=0.0)).stop_reason == "deadline"
 
 
 def test_bad_inputs_leave_the_engine_usable(engine):
@@ -165,7 +166,7 @@ def test_bad_inputs_leave_the_engine_usable(engine):
         engine.generate([2] * (engine.max_seq_len + 5))
     with pytest.raises(TokenizerError):
         engine.tokenizer.decode([-1])
-    assert len(engine.generate([2, 100, 101], max_new_tokens=3, stop_ids=[]).tokens) == 3
+    assert len(engine.generate([2, 100, 101], GenerateOptions(max_new_tokens=3, stop_ids=frozenset())).tokens) == 3
 
 
 def test_score_matches_forward(engine):

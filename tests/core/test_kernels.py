@@ -126,9 +126,9 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_disabled_or_unbuildable_falls_back_to_torch(tmp_path):
-    code = ("from codegemma import kernels, testing\n"
+    code = ("from codegemma import GenerateOptions, kernels, testing\n"
             "print(kernels.available(), kernels.unavailable_reason()[:40])\n"
-            "e = testing.tiny_engine(); print(len(e.generate(e.tokenizer.encode('def f('), max_new_tokens=3).tokens))")
+            "e = testing.tiny_engine(); print(len(e.generate(e.tokenizer.encode('def f('), GenerateOptions(max_new_tokens=3)).tokens))")
     off = _python(code, CODEGEMMA_KERNELS="0")
     assert off.returncode == 0 and off.stdout.splitlines() == ["False disabled", "3"], off.stderr
     broken = _python(code, CC="/bin/false", CODEGEMMA_CACHE=str(tmp_path))

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import codegemma
+from codegemma import GenerateOptions
 from codegemma.errors import CheckpointError, CodegemmaError, ModelNotFoundError, PromptTooLongError, TokenizerError
 from codegemma.testing import tiny_config, tiny_tokenizer_model
 from codegemma.tokenizer import FIM_TOKENS
@@ -128,7 +129,7 @@ def test_download_supports_fim_with_single_ids(codegemma_2b):
 
 
 def test_download_generates(codegemma_2b):
-    gen = codegemma_2b.generate(fim_prompt(codegemma_2b), max_new_tokens=6, stop_ids=[], speculative=False)
+    gen = codegemma_2b.generate(fim_prompt(codegemma_2b), GenerateOptions(max_new_tokens=6, stop_ids=frozenset(), speculative=False))
     assert len(gen.tokens) == 6 and gen.stop_reason == "max_tokens"
     assert all(0 <= t < codegemma_2b.tokenizer.vocab_size for t in gen.tokens)
     assert gen.text == codegemma_2b.tokenizer.decode(gen.tokens)
@@ -146,7 +147,8 @@ def status(key):
 before = status("VmRSS")
 engine = codegemma.load(sys.argv[1], dtype="bf16")
 tok = engine.tokenizer
-gen = engine.generate([tok.bos_id, *tok.encode("def f(x):")], max_new_tokens=3, stop_ids=[], speculative=False)
+options = codegemma.GenerateOptions(max_new_tokens=3, stop_ids=frozenset(), speculative=False)
+gen = engine.generate([tok.bos_id, *tok.encode("def f(x):")], options)
 print(json.dumps({"before": before, "peak": status("VmHWM"), "tokens": len(gen.tokens)}))
 """
 
@@ -184,7 +186,7 @@ def engine(good) -> codegemma.Engine:
 
 def greedy(engine: codegemma.Engine) -> list[int]:
     prompt = engine.tokenizer.encode(PROMPT_TEXT, bos=True)
-    return engine.generate(prompt, max_new_tokens=8, stop_ids=[]).tokens
+    return engine.generate(prompt, GenerateOptions(max_new_tokens=8, stop_ids=frozenset())).tokens
 
 
 def one_line_error(call: Callable[[], object], kind: type[CodegemmaError], *fragments: str) -> str:
@@ -345,7 +347,7 @@ def test_prompt_longer_than_the_context(engine):
     one_line_error(lambda: engine.generate(prompt[:ctx]), PromptTooLongError, str(ctx))
     one_line_error(lambda: engine.score("x = 1\n" * ctx), PromptTooLongError, str(ctx))
     # a prompt that fits but leaves no room for all requested tokens stops at the end of the context
-    gen = engine.generate(prompt[:ctx - 3], max_new_tokens=50, stop_ids=[])
+    gen = engine.generate(prompt[:ctx - 3], GenerateOptions(max_new_tokens=50, stop_ids=frozenset()))
     assert gen.stop_reason == "context" and len(gen.tokens) == 3
     assert greedy(engine) == before
 
@@ -357,7 +359,7 @@ def test_padded_embedding_never_yields_ids_the_tokenizer_lacks(checkpoint_writer
     assert engine.tokenizer.vocab_size < engine.config.vocab_size
     prompt = engine.tokenizer.encode(PROMPT_TEXT, bos=True)
     for seed in range(3):
-        gen = engine.generate(prompt, max_new_tokens=32, temperature=1.0, seed=seed, stop_ids=[])
+        gen = engine.generate(prompt, GenerateOptions(max_new_tokens=32, temperature=1.0, seed=seed, stop_ids=frozenset()))
         assert len(gen.tokens) == 32 and max(gen.tokens) < engine.tokenizer.vocab_size
 
 
@@ -387,8 +389,8 @@ def test_int8_weights_decode_like_bf16(checkpoint_writer, arch):
     embedding = int8.model.model.embed_tokens.weight
     assert embedding.dtype == torch.int8 and tuple(embedding.shape) == (c.vocab_size, c.d_model)
     prompt = int8.tokenizer.encode(PROMPT_TEXT, bos=True)
-    ref = bf16.generate(prompt, max_new_tokens=32, stop_ids=[], speculative=False).tokens
-    got = int8.generate(prompt, max_new_tokens=32, stop_ids=[], speculative=False).tokens
+    ref = bf16.generate(prompt, GenerateOptions(max_new_tokens=32, stop_ids=frozenset(), speculative=False)).tokens
+    got = int8.generate(prompt, GenerateOptions(max_new_tokens=32, stop_ids=frozenset(), speculative=False)).tokens
     assert len(ref) == len(got) == 32
     with torch.inference_mode():
         seq = torch.tensor([prompt + ref[:-1]])

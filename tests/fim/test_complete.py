@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
+from codegemma import GenerateOptions, PromptTooLongError
 from codegemma.generate import PREFILL_BLOCK
 
-from fim import CompletionOptions, CompletionRequest, FileContext, complete
+from fim import CompletionOptions, CompletionRequest, EngineError, FileContext, FimError, complete
 from fim.complete import prepare
+from fim.engine import load_engine
 
 TEXT = "from .shapes import circle_area\n\n\ndef ring_area(outer, inner):\n    "
 SHAPES = FileContext("pkg/shapes.py", "import math\n\n\ndef circle_area(radius):\n    return math.pi * radius ** 2\n")
@@ -64,3 +68,28 @@ def test_time_budget_sets_a_deadline(fim_engine):
 def test_single_line_mode_stops_at_the_newline(fim_engine):
     response = complete(fim_engine, _request(mode="single", max_tokens=8))
     assert "\n" not in response.text and response.debug["mode"]["reason"] == "single-line requested"
+
+
+def test_response_carries_typed_engine_statistics_and_the_prompt_window(fim_engine):
+    response = complete(fim_engine, _request())
+    engine = response.debug["engine"]
+    assert response.stats.prompt_tokens == engine["prompt_tokens"] > 0
+    assert response.stats.new_tokens == engine["new_tokens"] >= 1
+    assert response.elapsed_s >= response.stats.total_s > 0
+    assert response.window == (0, len(TEXT))  # the whole small file fits the prompt
+
+
+def test_engine_errors_reach_the_caller_as_fim_errors(fim_engine):
+    with pytest.raises(EngineError, match="no such file or directory"):
+        load_engine("/no/such/model.gguf")
+
+    class Refusing(type(fim_engine)):
+        """The tiny engine, refusing every prompt the way the core refuses one past its context."""
+
+        def generate(self, prompt, options=GenerateOptions(), **callbacks):
+            raise PromptTooLongError(f"prompt has {len(prompt)} tokens; this engine's context is 8")
+
+    refusing = Refusing(fim_engine.model, fim_engine.tokenizer, fim_engine.name)
+    with pytest.raises(EngineError, match="this engine's context is 8") as caught:
+        complete(refusing, _request())
+    assert isinstance(caught.value, FimError) and "\n" not in str(caught.value)

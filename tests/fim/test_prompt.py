@@ -57,7 +57,8 @@ def test_fim_layout_and_special_ids(fim_engine):
     assert ids[-1] == tok.fim_middle_id
     assert ids.index(tok.fim_prefix_id) < ids.index(tok.fim_suffix_id)
     assert ids.count(tok.file_separator_id) == 3  # two snippets and the current file
-    assert [s.status for s in snippets] == ["used", "used"]
+    assert [s.status for s in prompt.snippets] == ["used", "used"]
+    assert [s.status for s in snippets] == ["candidate", "candidate"]  # the caller's snippets are not edited
     rendered = prompt.render()
     # other files first, the best one nearest to the current file, then the current file's path
     assert rendered.index("pkg/b.py\n") < rendered.index("pkg/a.py\n") < rendered.index("<|file_separator|>pkg/textwrap.py\n<|fim_prefix|>")
@@ -115,8 +116,6 @@ def test_layout_stable_while_typing(request, engine_name):
     previous_prefix_end, previous, restarts, reused = 0, None, 0, []
     for n in range(len(typed) + 1):
         text = SOURCE[:CURSOR] + typed[:n] + SOURCE[CURSOR:]
-        for s in snippets:
-            s.status, s.reason = "candidate", ""
         prompt = _build(engine, text=text, cursor=CURSOR + n, budget=256, snippets=snippets)
         ids = prompt.ids
         if previous is not None:
@@ -155,9 +154,10 @@ def test_huge_file_prompt_stays_bounded_and_fast(fim_engine):
 def test_snippets_over_the_context_budget_are_dropped_with_a_reason(fim_engine):
     big = _snippet("pkg/big.py", "def big():\n" + "    x = 1\n" * 200, 0.9)
     small = _snippet("pkg/small.py", "def small():\n    pass\n", 0.5)
-    _build(fim_engine, budget=256, snippets=[big, small])
-    assert big.status == "dropped" and big.reason.startswith("over the context budget")
-    assert small.status == "used" and small.tokens
+    decided = _build(fim_engine, budget=256, snippets=[big, small]).snippets
+    assert decided[0].status == "dropped" and decided[0].reason.startswith("over the context budget")
+    assert decided[1].status == "used" and decided[1].tokens
+    assert big.status == small.status == "candidate" and big.tokens is None
 
 
 def test_absolute_paths_are_shown_relative(fim_engine):

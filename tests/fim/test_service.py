@@ -22,7 +22,6 @@ def test_requests_are_served_in_order_with_progress(fim_engine):
         responses = [f.result(timeout=60) for f in futures]
         assert service.ready and service.error is None
         assert progress[-1] == (f"model ready: {fim_engine.name}", 1.0)
-        assert all(r.range == (len(TEXT), len(TEXT)) for r in responses)
         assert len({r.text for r in responses}) == 1  # greedy: the same request gives the same completion
     finally:
         service.close()

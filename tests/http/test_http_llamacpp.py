@@ -5,7 +5,6 @@ import json
 
 from fim.http import fields
 from fim.http.llamacpp import dedent_cut, select_fields
-from fim.request import CompletionRequest, CompletionResponse
 
 PREFIX = "def add(a, b):\n    "
 SUFFIX = "\n\nprint(add(1, 2))\n"
@@ -154,19 +153,6 @@ def test_dedent_cut_follows_n_indent():
     # blank lines and an unfinished line with no content yet do not cut
     assert dedent_cut("x\n\n    y\n", 4) is None
     assert dedent_cut("x\n  ", 4) is None
-
-
-def test_insertion_drops_what_an_insert_only_client_keeps():
-    text = "call()\n"
-    request = CompletionRequest("a.py", text, cursor=5)
-    at_cursor = CompletionResponse("y, z", (5, 5), {}, "eos")
-    assert fields.insertion(request, at_cursor) == "y, z"
-    # fim replaced the ")" after the cursor with a text that ends in it: insert only the new part
-    over_suffix = CompletionResponse("y, z)", (5, 6), {}, "eos")
-    assert fields.insertion(request, over_suffix) == "y, z"
-    # a replacement that starts before the cursor and repeats the text there
-    over_prefix = CompletionResponse("(xyz", (4, 5), {}, "eos")
-    assert fields.insertion(request, over_prefix) == "xyz"
 
 
 def test_sampling_conventions():
