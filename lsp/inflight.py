@@ -2,31 +2,41 @@
 
 Editors ask again on every keystroke, and some (Neovim 0.12) never send `$/cancelRequest` for the
 request they no longer want. So a new request for a document cancels the older one server-side:
-its asyncio task is cancelled (pygls answers it with RequestCancelled at once) and its stop flag is
-set, which the model worker polls between decoding steps so it frees the worker within one step.
+its asyncio task is cancelled (pygls answers it with RequestCancelled at once) and its completion on
+the model worker is cancelled, which frees the worker within one decoding step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+
+from fim import CompletionRequest, CompletionResponse, CompletionService
+from fim.bridge import AsyncCompletion
 
 
 class Ticket:
-    """One completion request's cancellation handle, shared with the model worker thread."""
+    """One completion request's cancellation handle: its task and its completion on the worker."""
 
     def __init__(self, task: asyncio.Task | None) -> None:
         self._task = task
-        self._stop = threading.Event()
+        self._job: AsyncCompletion | None = None
+        self._cancelled = False
+
+    async def complete(self, service: CompletionService, request: CompletionRequest) -> CompletionResponse | None:
+        """Run `request` on the worker; None when the ticket was cancelled meanwhile. Raises fim's errors."""
+        self._job = AsyncCompletion(service, request)
+        self._job.submit()
+        return await self._job.result()
 
     def cancel(self) -> None:
-        self._stop.set()
+        self._cancelled = True
+        if self._job is not None:
+            self._job.cancel()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
 
     def should_stop(self) -> bool:
-        """Polled by the worker thread (the `should_stop` callback of fim)."""
-        return self._stop.is_set()
+        return self._cancelled
 
 
 class InFlight:

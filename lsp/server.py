@@ -153,7 +153,7 @@ class CodegemmaServer(LanguageServer):
         ticket = self.inflight.begin(uri)
         try:
             await debounce(ticket, self.settings.debounce_ms / 1000)
-            response = await asyncio.wrap_future(service.submit(request, should_stop=ticket.should_stop))
+            response = await ticket.complete(service, request)
         except asyncio.CancelledError:
             ticket.cancel()  # $/cancelRequest or a newer request: stop the worker too
             raise
@@ -163,7 +163,7 @@ class CodegemmaServer(LanguageServer):
             raise JsonRpcInternalError(message=f"completion failed: {_one_line(error)}") from None
         finally:
             self.inflight.finish(uri, ticket)
-        if response.stop_reason == "cancelled" or ticket.should_stop():
+        if response is None or response.stop_reason == "cancelled" or ticket.should_stop():
             raise asyncio.CancelledError
         edit = completer.edit(snap, response)
         return Found(text, cursor, edit) if edit is not None else None
