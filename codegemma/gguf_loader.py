@@ -1,5 +1,7 @@
 """Load a Gemma GGUF file: fully into memory (`load_gguf`), or once into a cached checkpoint directory.
 
+By default a GGUF file runs in its own block formats (codegemma.gguf_native) and only its tokenizer is
+cached (`cached_tokenizer`). When a float copy is asked for explicitly (a dtype or int8),
 `gguf_cache_dir` dequantises the file on first use into a Hugging Face checkpoint directory
 (`model.safetensors` in float32, `config.json`, `tokenizer.model`) under `$CODEGEMMA_CACHE` or
 `~/.cache/codegemma/`, keyed by the GGUF's path, size and modification time. Later loads memory-map that
@@ -24,6 +26,7 @@ from codegemma.config import GemmaConfig, to_hf_config
 from codegemma.errors import CodegemmaError, ModelNotFoundError
 from codegemma.gguf_convert import check_tensors, dequantize_tensor, dequantized_rows, gguf_config, tokenizer_model
 from codegemma.gguf_format import GGUFFile, read_gguf
+from codegemma.tokenizer import Tokenizer
 
 CACHE_ENV = "CODEGEMMA_CACHE"
 # Bump when the cache layout or the conversion changes, so old caches are rebuilt rather than trusted.
@@ -64,6 +67,27 @@ def gguf_cache_dir(path: str | Path) -> Path:
         return target
     _build(src, source, target)
     return target
+
+
+def cached_tokenizer(path: Path, f: GGUFFile) -> Tokenizer:
+    """The file's vocabulary as a SentencePiece tokenizer, rebuilt once and cached (5 MB for Gemma 3)."""
+    source = _source_record(path)
+    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+    cached = cache_root() / "tokenizers" / f"{path.stem}-{key}.model"
+    if cached.is_file():
+        try:
+            return Tokenizer.from_file(cached)
+        except CodegemmaError:  # damaged (a full disk, say): rebuilt below
+            cached.unlink(missing_ok=True)
+    model = tokenizer_model(f)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        _write(tmp, model)
+        os.replace(tmp, cached)  # atomic: a reader never sees half a file
+    except OSError:
+        pass  # a read-only cache only costs the rebuild next time
+    return Tokenizer.from_bytes(model, source=str(path))
 
 
 def _source_record(src: Path) -> dict:

@@ -19,7 +19,9 @@ from codegemma.config import PRESETS
 from codegemma.engine import Engine
 from codegemma.errors import CodegemmaError, ModelNotFoundError
 from codegemma.linear import use_native
+from codegemma.model import Transformer
 from codegemma.quant import quantize_int8
+from codegemma.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "gemma-3-270m"
 # KV cache positions allocated per engine: enough for a CPU-sized FIM prompt plus its completion, while the
@@ -95,7 +97,8 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
         if kind not in ("fim", "plain"):
             raise ModelNotFoundError(f"{target}: tiny engines are tiny:fim and tiny:plain")
         return tiny_engine(fim=kind == "fim", dtype=torch_dtype)
-    net, tokenizer, name = _load_path(target, torch_dtype)
+    native = dtype is None and not int8  # a GGUF file runs in its own formats unless a copy is asked for
+    net, tokenizer, name = _load_path(target, torch_dtype, native)
     ctx = max_seq_len or int(os.environ.get("CODEGEMMA_CTX", DEFAULT_CTX))
     net.setup_cache(min(ctx, net.cfg.max_seq_len))
     if int8:
@@ -107,7 +110,7 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
         dpath = resolve(draft)
         if isinstance(dpath, str):
             raise ModelNotFoundError("a draft model must be a checkpoint path")
-        draft_net, draft_tok, _ = _load_path(dpath, torch_dtype)
+        draft_net, draft_tok, _ = _load_path(dpath, torch_dtype, native)
         if draft_tok.vocab_size != tokenizer.vocab_size:
             raise CodegemmaError(f"draft model {draft}: its vocabulary ({draft_tok.vocab_size}) differs from the "
                                  f"target's ({tokenizer.vocab_size}); drafts must share the tokenizer")
@@ -138,13 +141,20 @@ def _dtype_variant(directory: Path, dtype: torch.dtype) -> Path:
     return variant
 
 
-def _load_path(path: Path, dtype: torch.dtype):
+def _load_path(path: Path, dtype: torch.dtype, native: bool) -> tuple[Transformer, Tokenizer, str]:
+    """The model and tokenizer at `path`. A GGUF file runs natively in its own block formats when `native`
+    and the kernels are built (codegemma.gguf_native), else from a cached float copy in `dtype`."""
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelNotFoundError(f"{path}: expected a checkpoint directory or a .gguf file")
+        if native and kernels.available():
+            from codegemma.gguf_native import load_native
+
+            net, tok = load_native(path)
+            return net, tok, f"{net.cfg.name} (gguf)"
         from codegemma.gguf_loader import gguf_cache_dir
 
         net, tok = load_checkpoint(_dtype_variant(gguf_cache_dir(path), dtype), dtype)
-        return net, tok, f"{net.cfg.name} (gguf)"
+        return net, tok, f"{net.cfg.name} (gguf {str(dtype).removeprefix('torch.')})"
     net, tok = load_checkpoint(path, dtype)
     return net, tok, path.name
