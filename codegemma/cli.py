@@ -19,8 +19,8 @@ def _plugins(group: str) -> dict[str, Main]:
 
 
 def _builtin_bench() -> dict[str, Main]:
-    from codegemma.bench_decode import main as decode
-    from codegemma.bench_speculative import main as speculative
+    from codegemma.bench.decode import main as decode
+    from codegemma.bench.speculative import main as speculative
 
     return {"decode": decode, "speculative": speculative}
 

@@ -16,8 +16,8 @@ def config_for(spec: str) -> GemmaConfig:
     if path.is_dir():
         return read_config(path)
     if path.is_file() and path.suffix == ".gguf":
-        from codegemma.gguf_convert import gguf_config
-        from codegemma.gguf_format import read_gguf
+        from codegemma.gguf.convert import gguf_config
+        from codegemma.gguf.format import read_gguf
 
         return gguf_config(read_gguf(path))
     if spec in PRESETS:

@@ -142,7 +142,7 @@ def _load_path(path: Path, dtype: torch.dtype):
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelNotFoundError(f"{path}: expected a checkpoint directory or a .gguf file")
-        from codegemma.gguf_loader import gguf_cache_dir
+        from codegemma.gguf.loader import gguf_cache_dir
 
         net, tok = load_checkpoint(_dtype_variant(gguf_cache_dir(path), dtype), dtype)
         return net, tok, f"{net.cfg.name} (gguf)"

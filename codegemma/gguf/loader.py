@@ -22,8 +22,8 @@ import torch
 
 from codegemma.config import GemmaConfig, to_hf_config
 from codegemma.errors import CodegemmaError, ModelNotFoundError
-from codegemma.gguf_convert import check_tensors, dequantize_tensor, dequantized_rows, gguf_config, tokenizer_model
-from codegemma.gguf_format import GGUFFile, read_gguf
+from codegemma.gguf.convert import check_tensors, dequantize_tensor, dequantized_rows, gguf_config, tokenizer_model
+from codegemma.gguf.format import GGUFFile, read_gguf
 
 CACHE_ENV = "CODEGEMMA_CACHE"
 # Bump when the cache layout or the conversion changes, so old caches are rebuilt rather than trusted.
