@@ -21,6 +21,7 @@ from fim.http.cli import main
 from fim.http.settings import is_loopback
 from fim.request import CompletionOptions, CompletionRequest
 from fim.service import CompletionService
+from tests.tiny import tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # With this seed the tiny engine samples past 150 tokens after "x = [" (no end token, no block end), so the
@@ -65,7 +66,7 @@ CANCELLED = 'codegemma_completions_total{route="/infill",stop_reason="cancelled"
 @pytest.fixture(scope="module")
 def single():
     """A worker with room for one waiting request, and a high token limit for long generations."""
-    server = start_server(CompletionService("tiny:fim", max_queue=1), ServerSettings(max_new_tokens=5000))
+    server = start_server(CompletionService(tiny_checkpoint(), max_queue=1), ServerSettings(max_new_tokens=5000))
     yield server
     server.stop()
 
@@ -215,7 +216,7 @@ def _serve(*args: str) -> subprocess.Popen:
 
 
 def test_cli_serves_with_an_api_key_end_to_end():
-    proc = _serve("--port", "0", "--model", "tiny:fim", "--api-key", API_KEY, "--log-level", "warning")
+    proc = _serve("--port", "0", "--model", tiny_checkpoint(), "--api-key", API_KEY, "--log-level", "warning")
     try:
         url = None
         for line in proc.stderr:
