@@ -5,10 +5,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from http_harness import API_KEY, LiveServer, start_server
 
 from fim.http import ServerSettings
 from fim.service import CompletionService
+from tests.http.http_harness import API_KEY, LiveServer, start_server
 from tests.tiny import tiny_checkpoint
 
 

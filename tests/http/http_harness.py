@@ -1,10 +1,13 @@
 """Real uvicorn servers on 127.0.0.1 (free ports) in background threads, for the HTTP API tests.
 
-Each server owns its CompletionService; tests talk to it over a real socket with httpx.
+Each server owns its CompletionService; tests talk to it over a real socket with httpx. Server commands run
+as subprocesses tell their address on stderr (`ready_url`).
 """
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -52,3 +55,19 @@ def start_server(service: CompletionService, settings: ServerSettings, start_ser
     return LiveServer(f"http://127.0.0.1:{port}", service, server, thread)
 
 
+
+
+def ready_url(proc: subprocess.Popen, timeout: float = 60.0) -> str:
+    """The URL a server subprocess (stderr piped as text) reports it listens on, once /health says its model
+    is ready."""
+    for line in proc.stderr:
+        found = re.search(r"listening on (http://\S+)", line)
+        if found:
+            break
+    else:
+        raise AssertionError("the server exited without a 'listening on' line")
+    deadline = time.monotonic() + timeout
+    while httpx.get(found.group(1) + "/health", timeout=timeout).status_code != 200:
+        assert time.monotonic() < deadline, "the server's model did not become ready"
+        time.sleep(0.1)
+    return found.group(1)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from http_harness import start_server
 
 from fim.errors import BadRequestError, QueueFullError
 from fim.http import ServerSettings
 from fim.http.sse import error_event
 from fim.service import CompletionService
+from tests.http.http_harness import start_server
 from tests.tiny import tiny_checkpoint
 
 

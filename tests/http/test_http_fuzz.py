@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from http_harness import start_server
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from fim.http import ServerSettings, create_app
 from fim.service import CompletionService
+from tests.http.http_harness import start_server
 from tests.tiny import tiny_checkpoint
 
 EXAMPLES = 30  # per route and generation mode

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -14,13 +13,13 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from http_harness import API_KEY, start_server
 
 from fim.http import ServerSettings
 from fim.http.cli import main
 from fim.http.settings import is_loopback
 from fim.request import CompletionOptions, CompletionRequest
 from fim.service import CompletionService
+from tests.http.http_harness import API_KEY, ready_url, start_server
 from tests.tiny import tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -218,18 +217,7 @@ def _serve(*args: str) -> subprocess.Popen:
 def test_cli_serves_with_an_api_key_end_to_end():
     proc = _serve("--port", "0", "--model", tiny_checkpoint(), "--api-key", API_KEY, "--log-level", "warning")
     try:
-        url = None
-        for line in proc.stderr:
-            found = re.search(r"listening on (http://\S+)", line)
-            if found:
-                url = found.group(1)
-                break
-        assert url, "no 'listening on' line"
-        with httpx.Client(base_url=url, timeout=60) as c:
-            deadline = time.monotonic() + 60
-            while c.get("/health").status_code != 200:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        with httpx.Client(base_url=ready_url(proc), timeout=60) as c:
             assert c.post("/infill", json={"input_prefix": "x"}).status_code == 401
             r = c.post("/infill", json={"input_prefix": "x", "n_predict": 2},
                        headers={"Authorization": f"Bearer {API_KEY}"})
