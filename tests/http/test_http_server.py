@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from fim.http.cli import main
 from fim.http.settings import is_loopback
 from fim.request import CompletionOptions, CompletionRequest
 from fim.service import CompletionService
-from tests.http.http_harness import API_KEY, ready_url, start_server
+from tests.http.http_harness import API_KEY, serving, start_server
 from tests.tiny import tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -216,18 +215,11 @@ def _serve(*args: str) -> subprocess.Popen:
 
 def test_cli_serves_with_an_api_key_end_to_end():
     proc = _serve("--port", "0", "--model", tiny_checkpoint(), "--api-key", API_KEY, "--log-level", "warning")
-    try:
-        with httpx.Client(base_url=ready_url(proc), timeout=60) as c:
-            assert c.post("/infill", json={"input_prefix": "x"}).status_code == 401
-            r = c.post("/infill", json={"input_prefix": "x", "n_predict": 2},
-                       headers={"Authorization": f"Bearer {API_KEY}"})
-            assert r.status_code == 200 and isinstance(r.json()["content"], str)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with serving(proc) as url, httpx.Client(base_url=url, timeout=60) as c:
+        assert c.post("/infill", json={"input_prefix": "x"}).status_code == 401
+        r = c.post("/infill", json={"input_prefix": "x", "n_predict": 2},
+                   headers={"Authorization": f"Bearer {API_KEY}"})
+        assert r.status_code == 200 and isinstance(r.json()["content"], str)
 
 
 def test_cli_exits_when_the_model_cannot_load():

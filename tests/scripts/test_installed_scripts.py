@@ -5,7 +5,6 @@ PYTHONPATH, with the tiny checkpoint as the model."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from fim.cli import main as fim_main
 from lsp.client import LspClient
-from tests.http.http_harness import ready_url
+from tests.http.http_harness import serving
 from tests.lsp.harness import ROOT_URI, TEST_OPTIONS, assert_inline_matches, inline, opened, pos
 from tests.tiny import tiny_checkpoint
 
@@ -53,19 +52,11 @@ def test_codegemma_serve_completes_over_http():
     proc = subprocess.Popen([script("codegemma"), "serve", "--port", "0", "--model", tiny_checkpoint(),
                              "--log-level", "warning"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    try:
-        url = ready_url(proc)
+    with serving(proc) as url, httpx.Client(base_url=url, timeout=60) as http:
         assert url.startswith("http://127.0.0.1:")  # loopback unless asked otherwise
-        with httpx.Client(base_url=url, timeout=60) as http:
-            r = http.post("/infill", json={"input_prefix": "def add(a, b):\n    return ", "input_suffix": "\n",
-                                           "n_predict": 3})
-            assert r.status_code == 200 and isinstance(r.json()["content"], str)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        r = http.post("/infill", json={"input_prefix": "def add(a, b):\n    return ", "input_suffix": "\n",
+                                       "n_predict": 3})
+        assert r.status_code == 200 and isinstance(r.json()["content"], str)
 
 
 def test_fim_completes_a_file_as_in_process(tmp_path, capsys):
