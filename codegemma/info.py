@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,8 +17,8 @@ def config_for(spec: str) -> GemmaConfig:
     if path.is_dir():
         return read_config(path)
     if path.is_file() and path.suffix == ".gguf":
-        from codegemma.gguf_convert import gguf_config
-        from codegemma.gguf_format import read_gguf
+        from codegemma.gguf.convert import gguf_config
+        from codegemma.gguf.format import read_gguf
 
         return gguf_config(read_gguf(path))
     if spec in PRESETS:
@@ -56,3 +57,12 @@ def describe(spec: str) -> str:
     per_layer = (counts["attention"] + counts["mlp"]) // cfg.n_layers
     lines.append(f"  {'per layer (attn + mlp)':<26} {per_layer:>15,}")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="codegemma info", description="Module tree and parameter counts of a "
+                                 "preset or checkpoint, built on the meta device (no weights are loaded).")
+    ap.add_argument("model", help="a preset name (codegemma-2b, gemma-2-9b, ...) or a checkpoint path")
+    args = ap.parse_args(argv)
+    print(describe(args.model))
+    return 0

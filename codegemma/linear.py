@@ -94,7 +94,7 @@ class FusedLinear(NativeLinear):
 def use_native(model: Transformer) -> Transformer:
     """Route a float model's projections and tied output layer through the native products, in place. The
     parameters stay where they are, under the same names; int8 and GGUF models bring their own
-    (codegemma.quant, codegemma.gguf_native), which an output layer already set shows."""
+    (codegemma.quant, codegemma.gguf.native), which an output layer already set shows."""
     if not kernels.available() or model.dtype not in (torch.bfloat16, torch.float32) or model.lm_head is not None:
         return model
     for layer in model.model.layers:

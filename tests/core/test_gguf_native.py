@@ -16,7 +16,7 @@ from gguf.quants import quantize
 import codegemma
 from codegemma import kernels
 from codegemma.errors import CheckpointError
-from codegemma.gguf_native import GGUFLinear
+from codegemma.gguf.native import GGUFLinear
 from test_gguf_kernels import random_blocks
 from test_gguf_loader import PIECES, SPECIALS, TOKENS
 

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from codegemma import cli
 from codegemma.config import PRESETS
 from codegemma.model import Transformer
-from codegemma.testing import tiny_config
+from tests.tiny import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

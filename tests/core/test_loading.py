@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 import codegemma
 from codegemma import GenerateOptions
 from codegemma.errors import CheckpointError, CodegemmaError, ModelNotFoundError, PromptTooLongError, TokenizerError
-from codegemma.testing import tiny_config, tiny_tokenizer_model
+from tests.tiny import tiny_config, tiny_tokenizer_model
 from codegemma.tokenizer import FIM_TOKENS
 
 ROOT = Path(__file__).resolve().parents[2]

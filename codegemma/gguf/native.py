@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from codegemma import kernels
 from codegemma.checkpoint import empty_model
 from codegemma.errors import CheckpointError
-from codegemma.gguf_convert import check_tensors, dequantize_tensor, gguf_config
-from codegemma.gguf_format import TensorInfo, read_gguf
-from codegemma.gguf_loader import cached_tokenizer
+from codegemma.gguf.convert import check_tensors, dequantize_tensor, gguf_config
+from codegemma.gguf.format import TensorInfo, read_gguf
+from codegemma.gguf.loader import cached_tokenizer
 from codegemma.linear import NativeLinear
 from codegemma.model import Transformer
 from codegemma.tokenizer import Tokenizer

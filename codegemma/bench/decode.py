@@ -48,10 +48,10 @@ def _rss_mb() -> float:
 
 
 def _prefill_ids(tok, n: int) -> list[int]:
-    """About n tokens of real code (this package's own sources) for the prefill measurement."""
+    """About n tokens of real code (the model core's own top-level sources) for the prefill measurement."""
     from pathlib import Path
 
-    text = "".join(p.read_text() for p in sorted(Path(__file__).parent.glob("*.py")))
+    text = "".join(p.read_text() for p in sorted(Path(__file__).parents[1].glob("*.py")))
     return tok.encode(text, bos=True)[:n]
 
 
@@ -116,7 +116,7 @@ def worker_hf(args) -> dict:
 
     from codegemma.loader import default_gguf
     from codegemma.tokenizer import Tokenizer
-    from codegemma.gguf_loader import gguf_cache_dir
+    from codegemma.gguf.loader import gguf_cache_dir
 
     path = default_gguf() if args.model is None else args.model
     tok = Tokenizer.from_file(gguf_cache_dir(path) / "tokenizer.model")  # identical ids for both engines
@@ -147,7 +147,7 @@ def worker_llamacpp(args) -> dict | None:
         return None
     from codegemma.loader import default_gguf
     from codegemma.tokenizer import Tokenizer
-    from codegemma.gguf_loader import gguf_cache_dir
+    from codegemma.gguf.loader import gguf_cache_dir
 
     path = str(default_gguf() if args.model is None else args.model)
     tok = Tokenizer.from_file(gguf_cache_dir(path) / "tokenizer.model")
@@ -173,7 +173,7 @@ WORKERS = {"ours": worker_ours, "hf": worker_hf, "llamacpp": worker_llamacpp}
 
 
 def _run_worker(name: str, args, extra: list[str] = ()) -> dict | None:
-    cmd = [sys.executable, "-m", "codegemma.bench_decode", "--worker", name, "--tokens", str(args.tokens),
+    cmd = [sys.executable, "-m", "codegemma.bench.decode", "--worker", name, "--tokens", str(args.tokens),
            "--threads", str(args.threads), "--prefill", str(args.prefill), "--reps", str(args.reps), *extra]
     if args.model:
         cmd += ["--model", args.model]

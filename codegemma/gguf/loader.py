@@ -1,6 +1,6 @@
 """Load a Gemma GGUF file: fully into memory (`load_gguf`), or once into a cached checkpoint directory.
 
-By default a GGUF file runs in its own block formats (codegemma.gguf_native) and only its tokenizer is
+By default a GGUF file runs in its own block formats (codegemma.gguf.native) and only its tokenizer is
 cached (`cached_tokenizer`). When a float copy is asked for explicitly (a dtype or int8),
 `gguf_cache_dir` dequantises the file on first use into a Hugging Face checkpoint directory
 (`model.safetensors` in float32, `config.json`, `tokenizer.model`) under `$CODEGEMMA_CACHE` or
@@ -24,8 +24,8 @@ import torch
 
 from codegemma.config import GemmaConfig, to_hf_config
 from codegemma.errors import CodegemmaError, ModelNotFoundError
-from codegemma.gguf_convert import check_tensors, dequantize_tensor, dequantized_rows, gguf_config, tokenizer_model
-from codegemma.gguf_format import GGUFFile, read_gguf
+from codegemma.gguf.convert import check_tensors, dequantize_tensor, dequantized_rows, gguf_config, tokenizer_model
+from codegemma.gguf.format import GGUFFile, read_gguf
 from codegemma.tokenizer import Tokenizer
 
 CACHE_ENV = "CODEGEMMA_CACHE"
