@@ -42,7 +42,7 @@ _disabled = 0
 _build_lock = threading.Lock()  # server threads may ask at once; one builds, the others wait for it
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     return Path(os.environ.get("CODEGEMMA_CACHE", Path.home() / ".cache" / "codegemma")) / "kernels"
 
 
@@ -59,7 +59,7 @@ def _build() -> ctypes.CDLL:
     if not cc:
         raise OSError("no C compiler (cc, gcc or $CC) found")
     key = hashlib.sha256("\0".join([*(s.read_text() for s in SOURCES), cc, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"ops-{key}.so"
+    out = cache_dir() / f"ops-{key}.so"
     if out.is_file():
         try:
             return _bind(ctypes.CDLL(str(out)))
