@@ -24,6 +24,8 @@
 #include <immintrin.h>
 #endif
 
+#include "numerics.h"
+
 /* ggml's type ids, as GGUF files store them */
 enum { G_F32 = 0, G_F16 = 1, G_Q4_0 = 2, G_Q4_1 = 3, G_Q5_0 = 6, G_Q5_1 = 7, G_Q8_0 = 8, G_Q4_K = 12, G_Q5_K = 13,
        G_Q6_K = 14, G_BF16 = 30 };
@@ -43,21 +45,6 @@ static inline float half_to_f32(uint16_t h) {
     memcpy(&f, &u, 4);
     return f;
 #endif
-}
-
-static inline float bf16_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_bf16(float f) { /* round to nearest even, as torch does */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
 }
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
@@ -169,7 +156,7 @@ static void unit_float_scalar(int type, const uint8_t *row, int64_t u, float *w)
     for (int i = 0; i < 32; i++) {
         int64_t k = u * 32 + i;
         w[i] = type == G_F32 ? ((const float *)row)[k]
-             : type == G_F16 ? half_to_f32(((const uint16_t *)row)[k]) : bf16_f32(((const uint16_t *)row)[k]);
+             : type == G_F16 ? half_to_f32(((const uint16_t *)row)[k]) : bf16_to_f32(((const uint16_t *)row)[k]);
     }
 }
 
@@ -382,11 +369,7 @@ static rows_fn rows_for(int type) {
     }
 }
 
-static inline float gelu_tanh_f(float x) { /* as ops.c computes it */
-    float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (2.0f - 2.0f / (expf(2.0f * u) + 1.0f));
-}
-static inline float round_to(float v, int bf16) { return bf16 ? bf16_f32(f32_bf16(v)) : v; }
+static inline float round_to(float v, int bf16) { return bf16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
 
 /* y[M, sum(Ns)] = x[M, K] . concat(W_0, ..., W_{n_w-1})^T with W_i [Ns[i], K] in GGUF type types[i] (rows
  * row-major as the file stores them). x is float32 (x_bf16 = 0) or bfloat16, rows x_stride elements apart;
@@ -411,7 +394,7 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
     for (int r = 0; r < M; r++) {
         float *xf = buf + per_row * r;
         for (int64_t k = 0; k < K; k++)
-            xf[k] = x_bf16 ? bf16_f32(((const uint16_t *)x)[r * x_stride + k]) : ((const float *)x)[r * x_stride + k];
+            xf[k] = x_bf16 ? bf16_to_f32(((const uint16_t *)x)[r * x_stride + k]) : ((const float *)x)[r * x_stride + k];
         xs[r].xf = xf;
         xs[r].xq = (int16_t *)(xf + K);
         xs[r].sx = xf + K + K / 2;
@@ -438,14 +421,14 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         for (int64_t j = 0; j < (int64_t)M * half; j++) {
             int64_t r = j / half, n = j % half;
             float g = round_to(yf[r * N + n], y_bf16), u = round_to(yf[r * N + half + n], y_bf16);
-            float v = round_to(gelu_tanh_f(g), y_bf16) * u;
+            float v = round_to(gelu_tanh(g), y_bf16) * u;
             if (y_bf16)
-                ((uint16_t *)y)[j] = f32_bf16(v);
+                ((uint16_t *)y)[j] = f32_to_bf16(v);
             else
                 ((float *)y)[j] = v;
         }
     } else if (yf != y) {
-        for (size_t j = 0; j < (size_t)M * N; j++) ((uint16_t *)y)[j] = f32_bf16(yf[j]);
+        for (size_t j = 0; j < (size_t)M * N; j++) ((uint16_t *)y)[j] = f32_to_bf16(yf[j]);
     }
 done:
     if (yf != y) free(yf);
