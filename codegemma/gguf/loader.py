@@ -61,19 +61,22 @@ def gguf_cache_dir(path: str | Path) -> Path:
     if not src.is_file():
         raise ModelNotFoundError(f"{src}: no such file")
     source = _source_record(src)
-    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
-    target = cache_root() / f"{src.stem}-{key}"
+    target = cache_root() / f"{src.stem}-{source_key(src)}"
     if _complete(target):
         return target
     _build(src, source, target)
     return target
 
 
+def source_key(path: Path) -> str:
+    """A key that changes when the file or directory at `path` (its resolved path, size, modification time)
+    or this cache layout does."""
+    return hashlib.sha256(json.dumps(_source_record(path), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def cached_tokenizer(path: Path, f: GGUFFile) -> Tokenizer:
     """The file's vocabulary as a SentencePiece tokenizer, rebuilt once and cached (5 MB for Gemma 3)."""
-    source = _source_record(path)
-    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
-    cached = cache_root() / "tokenizers" / f"{path.stem}-{key}.model"
+    cached = cache_root() / "tokenizers" / f"{path.stem}-{source_key(path)}.model"
     if cached.is_file():
         try:
             return Tokenizer.from_file(cached)
@@ -92,7 +95,10 @@ def cached_tokenizer(path: Path, f: GGUFFile) -> Tokenizer:
 
 def _source_record(src: Path) -> dict:
     st = src.stat()
-    return {"path": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": _CACHE_VERSION}
+    record = {"path": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": _CACHE_VERSION}
+    if src.is_dir():  # a checkpoint directory: its files, which change without changing the directory's stat
+        record["files"] = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in src.iterdir() if f.is_file())
+    return record
 
 
 def _complete(d: Path) -> bool:
