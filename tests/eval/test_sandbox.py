@@ -254,6 +254,26 @@ def test_hostile_samples_with_the_guard_alone_as_an_unprivileged_user(area, data
     check_nothing_escaped(area, run, started)
 
 
+def test_cgroup_bounds_the_whole_sample_memory(tmp_path):
+    """Four processes of 150 MB each, under 256 MB per process: only a total bound stops them."""
+    program = (
+        "import os, time\nchildren = []\nfor _ in range(4):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        block = b'x' * (150 << 20)\n        time.sleep(1)\n        os._exit(0)\n    children.append(pid)\n"
+        "statuses = [os.waitpid(pid, 0)[1] for pid in children]\nassert statuses == [0] * 4, statuses\n"
+    )
+    try:
+        box = Sandbox(Limits(timeout_s=5.0, memory_mb=256), workers=1, isolation="namespaces", guard=False,
+                      root=tmp_path)
+    except SandboxError as error:
+        pytest.skip(str(error))
+    with box:
+        if box.cgroup is None:
+            pytest.skip("no writable cgroup here (needs root and a cgroup v2 or v1 memory controller)")
+        outcome = box.run(program)
+    assert not outcome.passed
+    assert "AssertionError" in outcome.result or "killed" in outcome.result, outcome
+
+
 def test_official_checker_verdicts_beside_ours(area, data_dir, sandbox, capsys):
     """The official checker's verdicts on the same samples, printed beside ours.
 
