@@ -164,8 +164,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                         max_tokens=args.max_tokens, speculative=not args.no_speculative,
                         context_files=args.context_files, seed=args.seed)
     with sandbox_from(args) as sandbox:
-        evaluation = Run(args.out, settings, sandbox)
-        with progress_bar(len(evaluation.pending(tasks))) as on_record:
+        with Run(args.out, settings, sandbox) as evaluation, progress_bar(len(evaluation.pending(tasks))) as on_record:
             records = evaluation.execute(engine, tasks, all_tasks, on_record)
         isolation = sandbox.isolation
     summary = summarize(records)
