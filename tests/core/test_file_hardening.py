@@ -66,3 +66,23 @@ def test_a_truncated_cache_is_rebuilt_with_a_notice(tmp_path, monkeypatch, capsy
     capsys.readouterr()
     codegemma.load(str(path), dtype=dtype)
     assert "damaged" not in capsys.readouterr().err  # rebuilt for good
+
+
+def test_truncated_cached_kernels_are_rebuilt_with_a_notice(tmp_path):
+    """A truncated shared library is no dlopen error but a SIGBUS: the checksum beside it catches it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CODEGEMMA_CACHE": str(tmp_path)}
+    build = [sys.executable, "-c", "import codegemma.kernels as k; k._build(); print('built')"]
+    first = subprocess.run(build, env=env, capture_output=True, text=True, timeout=300)
+    if first.returncode != 0 or "built" not in first.stdout:
+        pytest.skip(f"the native kernels do not build here: {first.stderr.strip()[-200:]}")
+    (library,) = (tmp_path / "kernels").glob("ops-*.so")
+    library.write_bytes(library.read_bytes()[:1000])
+    again = subprocess.run(build, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "built" in again.stdout, again.stderr
+    notice = [line for line in again.stderr.splitlines() if "damaged" in line]
+    assert len(notice) == 1 and "checksum mismatch" in notice[0]
+    assert library.stat().st_size > 1000
