@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from codegemma import kernels
 from codegemma.checkpoint import load_checkpoint
 from codegemma.config import PRESETS
 from codegemma.engine import Engine
-from codegemma.errors import CodegemmaError, ModelNotFoundError
+from codegemma.errors import CheckpointError, CodegemmaError, ModelNotFoundError
 from codegemma.linear import use_native
 from codegemma.model import Transformer
 from codegemma.quant import quantize_int8
@@ -133,7 +134,10 @@ def _quantize_cached(net: Transformer, source: Path, dtype: torch.dtype) -> None
 
 
 def _dtype_variant(directory: Path, dtype: torch.dtype) -> Path:
-    """A copy of a (float32) GGUF cache directory stored in `dtype`, so later loads skip the conversion."""
+    """A copy of a (float32) GGUF cache directory stored in `dtype`, so later loads skip the conversion.
+
+    Written into a temporary directory, every file and the directory fsynced, then renamed into place: a
+    crash leaves either no variant or a whole one."""
     if dtype == torch.float32:
         return directory
     variant = directory / str(dtype).removeprefix("torch.")
@@ -147,11 +151,44 @@ def _dtype_variant(directory: Path, dtype: torch.dtype) -> Path:
     for name in ("config.json", "tokenizer.model"):
         shutil.copyfile(directory / name, tmp / name)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
+    for path in [*tmp.iterdir(), tmp]:
+        _fsync(path)
     try:
         tmp.rename(variant)
+        _fsync(directory)
     except OSError:  # another process finished the same variant first
         shutil.rmtree(tmp, ignore_errors=True)
     return variant
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    """Load a GGUF file through its checkpoint cache; a cache directory that cannot be read (a truncated or
+    damaged file) is removed and rebuilt once, with a one-line notice on stderr."""
+    from codegemma.gguf.loader import gguf_cache_dir
+
+    rebuilt: list[Path] = []
+    while True:
+        directory = gguf_cache_dir(path)
+        variant = None
+        try:
+            variant = _dtype_variant(directory, dtype)
+            return load_checkpoint(variant, dtype)
+        except (CheckpointError, ModelNotFoundError) as error:
+            damaged = variant if variant is not None else directory
+            if damaged in rebuilt:
+                raise
+            rebuilt.append(damaged)
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"codegemma: the model cache {damaged} is damaged ({reason}); rebuilding it", file=sys.stderr)
+            shutil.rmtree(damaged, ignore_errors=True)
 
 
 def _load_path(path: Path, dtype: torch.dtype, native: bool) -> tuple[Transformer, Tokenizer, str]:
@@ -165,9 +202,7 @@ def _load_path(path: Path, dtype: torch.dtype, native: bool) -> tuple[Transforme
 
             net, tok = load_native(path)
             return net, tok, f"{net.cfg.name} (gguf)"
-        from codegemma.gguf.loader import gguf_cache_dir
-
-        net, tok = load_checkpoint(_dtype_variant(gguf_cache_dir(path), dtype), dtype)
+        net, tok = _load_gguf(path, dtype)
         return net, tok, f"{net.cfg.name} (gguf {str(dtype).removeprefix('torch.')})"
     net, tok = load_checkpoint(path, dtype)
     return net, tok, path.name

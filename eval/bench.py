@@ -79,8 +79,8 @@ def bench(args: argparse.Namespace) -> int:
             speculative, context = SETUPS[setup]
             settings = Settings(model=engine.name, max_tokens=args.max_tokens, speculative=speculative,
                                 context_files=args.context_files if context else 0)
-            evaluation = Run(out / setup.replace("+", "_"), settings, sandbox)
-            with progress_bar(len(evaluation.pending(tasks)), setup) as on_record:
+            with (Run(out / setup.replace("+", "_"), settings, sandbox) as evaluation,
+                  progress_bar(len(evaluation.pending(tasks)), setup) as on_record):
                 records = evaluation.execute(engine, tasks, all_tasks, on_record)
             for benchmark, summary in summarize(records).items():
                 rows[f"{setup} / {benchmark}"] = summary

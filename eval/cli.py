@@ -29,7 +29,9 @@ def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per sample")
     parser.add_argument("--workers", type=int, default=None, help="samples executed in parallel (default: CPUs)")
     parser.add_argument("--isolation", choices=ISOLATIONS, default="auto",
-                        help="namespaces (root: no network, read-only filesystem, own uid) or guard only")
+                        help="namespaces (root or a user namespace: no network, read-only filesystem, own "
+                        "/proc and tmpfs, cgroup where writable) or guard (limits + seccomp + audit hook, not a "
+                        "security boundary: never chosen by auto, only when asked for)")
 
 
 def sandbox_from(args: argparse.Namespace) -> Sandbox:
@@ -162,8 +164,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                         max_tokens=args.max_tokens, speculative=not args.no_speculative,
                         context_files=args.context_files, seed=args.seed)
     with sandbox_from(args) as sandbox:
-        evaluation = Run(args.out, settings, sandbox)
-        with progress_bar(len(evaluation.pending(tasks))) as on_record:
+        with Run(args.out, settings, sandbox) as evaluation, progress_bar(len(evaluation.pending(tasks))) as on_record:
             records = evaluation.execute(engine, tasks, all_tasks, on_record)
         isolation = sandbox.isolation
     summary = summarize(records)

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 
+from eval.sandbox import GUARD_WARNING  # noqa: E402
 from eval.scoring import count_correct, pass_at_k_table  # noqa: E402
 
 
@@ -81,9 +82,11 @@ def write_report(out_dir: Path, summary: dict[str, dict[str, Any]], records: lis
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = [_plot_pass_at_k(out_dir, summary), _plot_latency(out_dir, records), _plot_acceptance(out_dir, records)]
     written = [p for p in plots if p is not None]
-    lines = ["# Evaluation report", "", f"Command: `{command}`", "",
-             "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
-             markdown_table(table(summary)), ""]
+    lines = ["# Evaluation report", "", f"Command: `{command}`", ""]
+    if settings.get("isolation") == "guard":
+        lines += [f"**{GUARD_WARNING.strip()}**", ""]
+    lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
+              markdown_table(table(summary)), ""]
     failures = _failure_reasons(records)
     if failures:
         lines += ["## Most common failure reasons", "", "| count | reason |", "| --- | --- |"]

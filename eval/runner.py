@@ -4,13 +4,18 @@ For left-to-right tasks (HumanEval, MBPP) the request is the prompt as a file wi
 for infilling the file is prefix + suffix with the cursor between (a removed whole line is shown as an
 empty line with the cursor on it, see `Task.editor_suffix`). Each completion is executed in the
 sandbox on a worker while the model writes the next one. Every finished sample is appended to
-`results.jsonl` at once, so a run that is interrupted resumes where it stopped (`run.json` beside it
-records the settings; resuming with other settings is refused).
+`results.jsonl` at once (one write of one whole line), so a run that is interrupted resumes where it
+stopped: a half-written last line is cut off (the file is truncated, never rewritten) and a record seen
+twice counts once. The file is locked (`flock`) while a run holds it, so a second run on the same folder
+is refused instead of interleaving. `run.json` beside it records the settings; resuming with other
+settings is refused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import threading
 import time
 import zlib
@@ -107,8 +112,23 @@ class Run:
         self.results_path = out_dir / RESULTS
         self._lock = threading.Lock()
         out_dir.mkdir(parents=True, exist_ok=True)
-        self._check_settings()
-        self.records = read_results(self.results_path)
+        self._sink = _locked_results(self.results_path)
+        try:
+            self._check_settings()
+            self.records = read_results(self.results_path)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the results file (also when the process ends, however it ends)."""
+        self._sink.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _check_settings(self) -> None:
         path = self.out_dir / SETTINGS
@@ -123,7 +143,7 @@ class Run:
                 raise ResultsError(f"{self.out_dir} holds a run with other settings ({', '.join(changed)}): "
                                    "use another --out directory")
         else:
-            path.write_text(json.dumps(wanted, indent=2) + "\n")
+            _write_atomically(path, json.dumps(wanted, indent=2) + "\n")
 
     def pending(self, tasks: list[Task]) -> list[tuple[Task, int]]:
         """(task, sample index) pairs not yet in the results file."""
@@ -134,52 +154,80 @@ class Run:
     def execute(self, engine: EngineProtocol, tasks: list[Task], all_tasks: dict[str, list[Task]],
                 on_record: Callable[[dict], None] | None = None) -> list[dict]:
         """Generate and score every pending sample; returns all records of `tasks` (old and new)."""
-        futures: list[Future] = []
-        with open(self.results_path, "a", encoding="utf-8") as sink:
-            for task, sample in self.pending(tasks):
-                context = context_for(task, all_tasks[task.benchmark], self.settings.context_files)
-                generated = generate(engine, task, sample, self.settings, context)
-                future = self.sandbox.submit(task.program(generated.completion))
-                future.add_done_callback(
-                    lambda done, t=task, s=sample, g=generated: self._store(sink, t, s, g, done, on_record))
-                futures.append(future)
-            for future in futures:
-                future.exception()  # wait; a sandbox failure surfaces below through result()
-            for future in futures:
-                future.result()
+        futures: list[tuple[Future, threading.Event]] = []
+        for task, sample in self.pending(tasks):
+            context = context_for(task, all_tasks[task.benchmark], self.settings.context_files)
+            generated = generate(engine, task, sample, self.settings, context)
+            future, stored = self.sandbox.submit(task.program(generated.completion)), threading.Event()
+            future.add_done_callback(
+                lambda done, t=task, s=sample, g=generated, e=stored: self._store(t, s, g, done, on_record, e))
+            futures.append((future, stored))
+        for future, stored in futures:
+            stored.wait()  # the callback, not just the future: a future's waiters wake before its callbacks run
+        for future, _ in futures:
+            future.result()  # a sandbox failure surfaces here
         wanted = {(t.benchmark, t.task_id) for t in tasks}
         return [r for r in self.records if (r["benchmark"], r["task_id"]) in wanted]
 
-    def _store(self, sink, task: Task, sample: int, generated: Generated, done: Future,
-               on_record: Callable[[dict], None] | None) -> None:
-        if done.exception() is not None:
-            return
-        record = {"benchmark": task.benchmark, "task_id": task.task_id, "sample": sample,
-                  "completion": generated.completion, **score(task, generated.completion, done.result()),
-                  **generated.stats}
-        with self._lock:
-            sink.write(json.dumps(record) + "\n")
-            sink.flush()
-            self.records.append(record)
-            if on_record:
-                on_record(record)
+    def _store(self, task: Task, sample: int, generated: Generated, done: Future,
+               on_record: Callable[[dict], None] | None, stored: threading.Event) -> None:
+        try:
+            if done.exception() is not None:
+                return
+            record = {"benchmark": task.benchmark, "task_id": task.task_id, "sample": sample,
+                      "completion": generated.completion, **score(task, generated.completion, done.result()),
+                      **generated.stats}
+            with self._lock:
+                os.write(self._sink.fileno(), (json.dumps(record) + "\n").encode())  # one whole line (O_APPEND)
+                self.records.append(record)
+                if on_record:
+                    on_record(record)
+        finally:
+            stored.set()
 
 
 def read_results(path: Path) -> list[dict]:
-    """Records of an earlier (maybe interrupted) run; a half-written last line is cut off."""
+    """Records of an earlier (maybe interrupted) run: a half-written last line is cut off (by truncating
+    the file), a sample recorded twice counts once (the first record)."""
     if not path.exists():
         return []
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]
-        path.write_bytes(data)  # so that appended records start on a line of their own
-    records = []
-    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        os.truncate(path, len(data))  # so that appended records start on a line of their own
+    records, seen = [], set()
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+            key = (record["benchmark"], record["task_id"], record["sample"])
+        except (json.JSONDecodeError, TypeError, KeyError):
             raise ResultsError(f"{path}:{number} is not a JSON record; use another --out directory") from None
+        if key not in seen:
+            seen.add(key)
+            records.append(record)
     return records
+
+
+def _locked_results(path: Path):
+    """The results file opened for appending and locked against a second run (ResultsError if one holds it)."""
+    sink = open(path, "ab")
+    try:
+        fcntl.flock(sink.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sink.close()
+        raise ResultsError(f"another run is writing {path}: wait for it to finish or use another --out "
+                           "directory") from None
+    return sink
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a temporary file beside it, fsynced, then renamed over it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def _seed(base: int, task_id: str, sample: int) -> int:

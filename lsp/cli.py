@@ -1,11 +1,18 @@
-"""`codegemma lsp`: run the language server over stdio (what editors start) or TCP."""
+"""`codegemma lsp`: run the language server over stdio (what editors start) or TCP.
+
+`--tcp` on an address other than loopback needs a token (--token or $CODEGEMMA_LSP_TOKEN), which the client
+sends as `initializationOptions.token`; without it the server would run a model for anyone on the network.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import replace
+
+TOKEN_ENV = "CODEGEMMA_LSP_TOKEN"
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -38,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: the embedded model. initializationOptions.model overrides it.")
     parser.add_argument("--tcp", type=_host_port, metavar="HOST:PORT",
                         help="serve one client over TCP instead of stdio")
+    parser.add_argument("--token", default=None,
+                        help=f"with --tcp: clients must send it as initializationOptions.token (or set {TOKEN_ENV}); "
+                             "required for a non-loopback address")
+    parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024,
+                        help="larger JSON-RPC messages are read, dropped and answered with an error (default 64 MiB)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                         help="stderr log level (default: warning)")
     return parser
@@ -45,18 +57,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if args.tcp is not None:
+        from fim.http.settings import is_loopback  # the one loopback test both servers use
+
+        host = args.tcp[0]
+        if not is_loopback(host) and not token:
+            print(f"codegemma lsp: --tcp {host} exposes the server beyond this machine: set --token (or "
+                  f"{TOKEN_ENV}), or bind 127.0.0.1", file=sys.stderr)
+            return 2
+        if not is_loopback(host):
+            print(f"codegemma lsp: warning: listening on {host}, reachable from the network; clients must send "
+                  "the token", file=sys.stderr)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
 
     from lsp.server import server  # imported here: `--help` should not pay for pygls and torch
+    from lsp.transport import serve_io, serve_tcp
 
     server.settings = replace(server.settings, model=args.model)
     try:
         if args.tcp is not None:
-            server.start_tcp(*args.tcp)
+            serve_tcp(server, *args.tcp, token=token, max_bytes=args.max_message_bytes)
         else:
-            server.start_io()
+            serve_io(server, max_bytes=args.max_message_bytes)
     except OSError as error:
         print(f"codegemma lsp: {error.strerror or error}", file=sys.stderr)
         return 1

@@ -21,7 +21,7 @@ from pygls.uris import to_fs_path
 
 from fim import CompletionService, FimError, QueueFullError, ServiceNotReadyError
 from lsp import completer, loader
-from lsp.documents import DocumentError, Documents
+from lsp.documents import DocumentError, Documents, OutOfStep
 from lsp.inflight import InFlight, debounce
 from lsp.positions import UTF16, offset_at, position_at
 from lsp.protocol import AnsweredError, CodegemmaProtocol
@@ -29,6 +29,7 @@ from lsp.settings import Settings, apply_settings
 
 
 QUEUE_LIMIT = 64
+RESYNC = "codegemma/resync"  # server -> client notification {uri, reason}: please send the whole text again
 
 
 def _version() -> str:
@@ -105,6 +106,12 @@ class CodegemmaServer(LanguageServer):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def ask_for_whole_text(self, error: OutOfStep) -> None:
+        """Out of step with the client on one document: say so, and ask for its whole text (a full-text
+        didChange, or didClose + didOpen). Clients without the notification see the log line."""
+        self.warn(str(error))
+        self.protocol.notify(RESYNC, {"uri": error.uri, "reason": str(error)})
+
     def warn(self, message: str) -> None:
         self.window_log_message(types.LogMessageParams(types.MessageType.Warning, f"CodeGemma: {message}"))
 
@@ -138,7 +145,8 @@ class CodegemmaServer(LanguageServer):
         except DocumentError as error:
             raise JsonRpcInvalidParams(message=str(error)) from None
         service = self.service
-        if not self.settings.enabled_for(document.language_id) or service is None or not service.ready:
+        if (not self.settings.enabled_for(document.language_id) or service is None or not service.ready
+                or document.out_of_step):
             return None
         # The text the request's position refers to: later didChanges must not shift it.
         text = document.text
@@ -207,13 +215,18 @@ def on_shutdown(ls: CodegemmaServer, params: None) -> None:
 
 @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
 def on_open(ls: CodegemmaServer, params: types.DidOpenTextDocumentParams) -> None:
-    ls.documents.open(params.text_document)
+    for uri in ls.documents.open(params.text_document):
+        ls.inflight.cancel(uri)
+        ls.warn(f"too many open documents: dropped {uri} (a later change to it asks for its whole text)")
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
 def on_change(ls: CodegemmaServer, params: types.DidChangeTextDocumentParams) -> None:
     try:
         ls.documents.change(params.text_document, params.content_changes, ls.encoding)
+    except OutOfStep as error:
+        ls.inflight.cancel(error.uri)
+        ls.ask_for_whole_text(error)
     except DocumentError as error:
         ls.warn(str(error))
 

@@ -8,6 +8,7 @@ error instead of a numpy exception. The quantisation tables and the dequantisers
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from codegemma.errors import CheckpointError, ModelNotFoundError
 _MAGIC = b"GGUF"
 _MAX_DIMS = 4  # ggml tensors have at most four dimensions
 _DEFAULT_ALIGNMENT = 32
+_MAX_NESTING = 8  # arrays of arrays: real files use one level; a hostile one could recurse without end
+# The fewest bytes one metadata value of a type can take (a string: its length; an array: type + count).
+_MIN_BYTES = {8: 8, 9: 12}
 # GGUF metadata value types with a fixed size: type id -> struct format
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
@@ -74,18 +78,23 @@ class _Cursor:
         except UnicodeDecodeError:
             raise CheckpointError(f"{self.path}: corrupt: {what} is not valid UTF-8") from None
 
-    def value(self, vtype: int, what: str) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype], what)
         if vtype == _STRING:
             return self.string(what)
         if vtype == _ARRAY:
+            if depth >= _MAX_NESTING:
+                raise CheckpointError(f"{self.path}: corrupt: {what} nests arrays more than {_MAX_NESTING} deep")
             etype, count = self.scalar("I", what), self.scalar("Q", what)
             if etype in _SCALARS:  # one numpy read instead of `count` struct calls (scores, token types)
                 fmt = "<" + _SCALARS[etype]
                 raw = self.take(count * struct.calcsize(fmt), what)
                 return np.frombuffer(raw, dtype=np.dtype(fmt)).tolist()
-            return [self.value(etype, what) for _ in range(count)]
+            if count * _MIN_BYTES.get(etype, 1) > len(self.buf) - self.pos:  # before looping `count` times
+                raise CheckpointError(f"{self.path}: truncated: {what} claims {count} elements, more than the "
+                                      "rest of the file holds")
+            return [self.value(etype, what, depth + 1) for _ in range(count)]
         raise CheckpointError(f"{self.path}: corrupt: {what} has unknown value type {vtype}")
 
 
@@ -140,7 +149,7 @@ def _locate(path: Path, name: str, dims: list[int], qtype: int, offset: int, fil
     if dims[0] % block:
         raise CheckpointError(f"{path}: corrupt: tensor {name} rows of {dims[0]} do not fit {qt.name} "
                               f"blocks of {block}")
-    n_bytes = int(np.prod(dims[1:], dtype=np.int64)) * (dims[0] // block) * type_size
+    n_bytes = math.prod(dims[1:]) * (dims[0] // block) * type_size  # Python ints: int64 could wrap
     if offset + n_bytes > file_size:
         raise CheckpointError(f"{path}: truncated: tensor {name} ends at byte {offset + n_bytes} but the "
                               f"file has {file_size} bytes")

@@ -63,11 +63,27 @@ def _build() -> ctypes.CDLL:
     key = hashlib.sha256("\0".join([*text, cc, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
     out = cache_dir() / f"ops-{key}.so"
     if out.is_file():
-        try:
-            return _bind(ctypes.CDLL(str(out)))
-        except OSError:  # a damaged cached library (a full disk, say): build it again
-            out.unlink(missing_ok=True)
+        # Checked before dlopen: a truncated library is not an error there but a SIGBUS on first use.
+        damage = _damage(out)
+        if damage is None:
+            try:
+                return _bind(ctypes.CDLL(str(out)))
+            except OSError as error:
+                damage = str(error).splitlines()[0]
+        if damage:
+            print(f"codegemma: the cached kernels {out} are damaged ({damage}); rebuilding them", file=sys.stderr)
+        out.unlink(missing_ok=True)
     return _compile(cc, out)
+
+
+def _damage(library: Path) -> str | None:
+    """None when `library` matches the checksum written beside it; "" when there is no checksum (a build
+    from before checksums: rebuilt quietly); else what is wrong."""
+    try:
+        expected = library.with_suffix(".sha256").read_text().strip()
+    except OSError:
+        return ""
+    return None if hashlib.sha256(library.read_bytes()).hexdigest() == expected else "checksum mismatch"
 
 
 def _compile(cc: str, out: Path) -> ctypes.CDLL:
@@ -82,8 +98,22 @@ def _compile(cc: str, out: Path) -> ctypes.CDLL:
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise OSError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
-    os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    _commit(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
+    checksum = out.with_suffix(f".{os.getpid()}.sha256.tmp")
+    checksum.write_text(digest + "\n")
+    _commit(checksum, out.with_suffix(".sha256"))
     return _bind(ctypes.CDLL(str(out)))
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file into place, its bytes on disk first."""
+    descriptor = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(tmp, path)
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:

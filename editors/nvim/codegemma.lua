@@ -21,6 +21,25 @@ local defaults = {
 local root_markers = { ".git", "pyproject.toml", "package.json", "go.mod", "Cargo.toml" }
 local shared_client_id -- Neovim 0.7 has no vim.lsp.start: one client for the session
 
+-- The server lost step with a buffer (an edit it could not apply, see `codegemma/resync` in the README):
+-- send it the buffer's whole text again.
+local function resync(_, params, ctx)
+  local bufnr = vim.uri_to_bufnr(params.uri)
+  local client = vim.lsp.get_client_by_id(ctx.client_id)
+  if not client or not vim.api.nvim_buf_is_loaded(bufnr) then
+    return
+  end
+  local text = table.concat(vim.api.nvim_buf_get_lines(bufnr, 0, -1, false), "\n")
+  if vim.bo[bufnr].eol then
+    text = text .. "\n"
+  end
+  local version = vim.lsp.util.buf_versions and vim.lsp.util.buf_versions[bufnr] or vim.b[bufnr].changedtick
+  client.notify("textDocument/didChange", {
+    textDocument = { uri = params.uri, version = version },
+    contentChanges = { { text = text } },
+  })
+end
+
 local function start(opts, bufnr)
   local root = vim.fs and vim.fs.root and vim.fs.root(bufnr, root_markers) or nil
   local config = {
@@ -29,6 +48,7 @@ local function start(opts, bufnr)
     root_dir = root or vim.fn.getcwd(),
     init_options = opts.settings,
     settings = { codegemma = opts.settings },
+    handlers = { ["codegemma/resync"] = resync },
   }
   if vim.lsp.start then -- Neovim 0.8+
     return vim.lsp.start(config, { bufnr = bufnr })

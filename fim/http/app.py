@@ -12,8 +12,9 @@ from fastapi.responses import PlainTextResponse
 
 from fim.http import llamacpp, openai, tabby
 from fim.http.errors import install_error_handlers
-from fim.http.middleware import AuthMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, MetricsMiddleware
-from fim.http.settings import ServerSettings
+from fim.http.middleware import (AuthMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, MetricsMiddleware,
+                                 OriginMiddleware)
+from fim.http.settings import ServerSettings, is_loopback
 from fim.http.state import AppState, State
 from fim.service import CompletionService
 
@@ -35,9 +36,12 @@ def create_app(service: CompletionService, settings: ServerSettings | None = Non
     async def metrics(s: State) -> PlainTextResponse:
         return PlainTextResponse(s.metrics.render(s.service.ready), media_type=PROMETHEUS_TEXT)
 
-    # Added innermost first: the body limit sees the raw request, metrics see every answer, 401s included.
-    app.add_middleware(JsonBodyMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=state.metrics)
+    # Added innermost first: the body limit sees the raw request, metrics see every answer, 401s and 403s included.
+    app.add_middleware(JsonBodyMiddleware, metrics=state.metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=state.metrics,
+                       timeout_s=settings.body_timeout_s, max_header_bytes=settings.max_header_bytes)
     app.add_middleware(AuthMiddleware, api_key=settings.api_key, metrics=state.metrics)
+    app.add_middleware(OriginMiddleware, allowed_origins=settings.allowed_origins,
+                       loopback=is_loopback(settings.host), metrics=state.metrics)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

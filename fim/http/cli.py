@@ -17,6 +17,7 @@ import threading
 import uvicorn
 
 from fim.http.app import create_app
+from fim.http.limits import uvicorn_config
 from fim.http.settings import ServerSettings, is_loopback
 from fim.service import CompletionService
 
@@ -42,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "or --max-tokens when lower)")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
                    help="largest request body (default %(default)s)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (e.g. https://editor.example) whose pages may call this server; repeatable, "
+                        "'*' for any (default: none but the server's own)")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections and running requests before new ones get 503 (default %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds a client has to send a request's headers (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -60,11 +68,16 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
                         ("--default-tokens", default_tokens), ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if args.max_connections < 1:
+        raise ValueError(f"--max-connections must be at least 1, got {args.max_connections}")
+    if not args.header_timeout > 0:
+        raise ValueError(f"--header-timeout must be above 0, got {args.header_timeout}")
     if default_tokens > args.max_tokens:
         raise ValueError(f"--default-tokens {default_tokens} is above --max-tokens {args.max_tokens}")
     return ServerSettings(host=args.host, port=args.port, api_key=api_key, model_label=args.model or "default",
                           max_new_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
-                          default_new_tokens=default_tokens)
+                          default_new_tokens=default_tokens, allowed_origins=tuple(args.allow_origin),
+                          max_connections=args.max_connections, header_timeout_s=args.header_timeout)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -102,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     service = CompletionService(args.model, dtype=args.dtype, int8=args.int8, max_queue=args.max_queue)
     service.start(on_progress=lambda message, _fraction: print(f"codegemma serve: {message}", file=sys.stderr))
     app = create_app(service, settings)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    config = uvicorn_config(app, settings, log_level=args.log_level, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     threading.Thread(target=_stop_on_load_failure, args=(service, server), daemon=True).start()
     print(f"codegemma serve: listening on http://{host}:{port} (llama.cpp /infill, Tabby /v1/completions, "

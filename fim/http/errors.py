@@ -19,9 +19,13 @@ log = logging.getLogger("fim.http")
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
+    431: "invalid_request_error",
     422: "invalid_request_error",
     500: "server_error",
     503: "unavailable_error",

@@ -201,10 +201,10 @@ async def infill(body: InfillRequest, request: Request, state: State):
 
 
 @router.get("/health", summary="Readiness (llama.cpp server format)")
-async def health(state: State) -> JSONResponse:
+async def health(state: State, request: Request) -> JSONResponse:
     if state.service.ready:
         return JSONResponse({"status": "ok"})
     if state.service.error is not None:
-        return error_response(503, f"the model failed to load: {state.service.error}")
+        return error_response(503, state.load_failure(request))
     return error_response(503, "Loading model", {"Retry-After": str(state.settings.retry_after_s)})
 

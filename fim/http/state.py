@@ -1,6 +1,7 @@
 """What every route shares: the one completion worker, the settings and the metrics."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -9,6 +10,7 @@ from fastapi import Depends, Request
 
 from fim.http.errors import ApiError, unavailable
 from fim.http.metrics import Metrics
+from fim.http.middleware import AUTHENTICATED
 from fim.http.settings import ServerSettings
 from fim.service import CompletionService
 
@@ -24,6 +26,17 @@ class AppState:
     def model_name(self) -> str:
         engine = self.service.engine
         return engine.name if engine is not None else self.settings.model_label
+
+    def public_model_name(self, request: Request) -> str:
+        """The model's name for the health checks: without its directories unless the client sent the key."""
+        name = self.model_name
+        return name if authenticated(request) else os.path.basename(name.rstrip("/\\")) or name
+
+    def load_failure(self, request: Request) -> str:
+        """Why the model failed to load, for the health checks: the reason (it may hold paths) needs the key."""
+        if authenticated(request):
+            return f"the model failed to load: {self.service.error}"
+        return "the model failed to load (the reason is in the server log, and shown with the API key)"
 
     def require_ready(self) -> None:
         """503 (with Retry-After) unless the model has loaded; a failed load is reported as such."""
@@ -51,6 +64,11 @@ class AppState:
             raise ApiError(422, f"{field_name} {requested} leaves no room for a prompt in the model's context "
                                 f"of {context} tokens")
         return requested
+
+
+def authenticated(request: Request) -> bool:
+    """False only for a public route reached without the API key of a server that has one."""
+    return request.scope.get("state", {}).get(AUTHENTICATED, True)
 
 
 def app_state(request: Request) -> AppState:

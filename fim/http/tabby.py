@@ -105,11 +105,11 @@ def _cpu_info() -> str:
 
 
 @router.get("/v1/health", summary="Server and model description (Tabby format)")
-async def health(state: State) -> JSONResponse:
+async def health(state: State, request: Request) -> JSONResponse:
     if state.service.error is not None:
-        return error_response(503, f"the model failed to load: {state.service.error}")
+        return error_response(503, state.load_failure(request))
     return JSONResponse({
-        "model": state.model_name,
+        "model": state.public_model_name(request),
         "device": "cpu",
         "arch": platform.machine(),
         "cpu_info": _cpu_info(),

@@ -54,13 +54,14 @@ def test_run_streams_results_and_resumes(tmp_path, engine, benchmarks, sandbox):
 
     # An interrupted run: the last record half written, another missing. Resuming redoes only those.
     (tmp_path / RESULTS).write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
-    resumed = Run(tmp_path, settings, sandbox)
-    assert len(resumed.pending(tasks)) == 2
-    again = resumed.execute(engine, tasks, benchmarks)
+    with Run(tmp_path, settings, sandbox) as resumed:
+        assert len(resumed.pending(tasks)) == 2
+        again = resumed.execute(engine, tasks, benchmarks)
     assert len(again) == 4
     assert {(r["task_id"], r["sample"]) for r in again} == {(t.task_id, i) for t in tasks for i in range(2)}
     assert len(read_results(tmp_path / RESULTS)) == 4
-    assert Run(tmp_path, settings, sandbox).pending(tasks) == []
+    with Run(tmp_path, settings, sandbox) as done:
+        assert done.pending(tasks) == []
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, engine, sandbox):

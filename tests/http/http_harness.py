@@ -19,6 +19,7 @@ import httpx
 import uvicorn
 
 from fim.http import ServerSettings, create_app
+from fim.http.limits import uvicorn_config
 from fim.service import CompletionService
 
 API_KEY = "test-key-0123456789"
@@ -48,7 +49,7 @@ def start_server(service: CompletionService, settings: ServerSettings, start_ser
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service, settings), log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(create_app(service, settings), settings, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -32,6 +32,15 @@ async function activate(context) {
     }
   }));
   await client.start();
+  // The server lost step with a document (an edit it could not apply): send it the whole text again.
+  context.subscriptions.push(client.onNotification("codegemma/resync", ({ uri }) => {
+    const document = vscode.workspace.textDocuments.find(
+      (doc) => client.code2ProtocolConverter.asUri(doc.uri) === uri);
+    if (document) {
+      client.sendNotification("textDocument/didChange", {
+        textDocument: { uri, version: document.version }, contentChanges: [{ text: document.getText() }] });
+    }
+  }));
 }
 
 async function deactivate() {
