@@ -196,3 +196,20 @@ def test_t_max_predict_ms_never_cuts_a_line(slow_server):
     with slow_server.client() as c:
         answer = c.post("/infill", json=_llama_vim_first_request(1)).json()
     assert answer["content"].rstrip("\n") == "    total = a + b" and answer["stop_type"] == "limit"
+
+
+@pytest.mark.slow
+def test_llama_vim_250_ms_with_the_default_model_returns_whole_lines():
+    server = start_server(CompletionService(), ServerSettings())
+    request = {**_llama_vim_first_request(250), "input_prefix": "def fizzbuzz(n):\n    for i in range(1, n + 1):\n",
+               "prompt": "        "}
+    try:
+        with server.client(timeout=300) as c:
+            limited = c.post("/infill", json=request).json()
+            unlimited = c.post("/infill", json={**request, "t_max_predict_ms": 0}).json()["content"]
+    finally:
+        server.stop()
+    content = limited["content"]
+    # Greedy both times: the limited answer is the unlimited one's first whole lines, never a cut line.
+    assert content.strip() and unlimited.startswith(content), (limited, unlimited)
+    assert len(content) == len(unlimited) or unlimited[len(content)] == "\n", (limited, unlimited)
