@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: the embedded model. initializationOptions.model overrides it.")
     parser.add_argument("--tcp", type=_host_port, metavar="HOST:PORT",
                         help="serve one client over TCP instead of stdio")
+    parser.add_argument("--stdio", action="store_true",
+                        help="serve over stdio (the default; accepted because LSP clients such as "
+                             "vscode-languageclient add it)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                         help="stderr log level (default: warning)")
     return parser

@@ -61,8 +61,8 @@ def _activate(installed: Path, settings: dict) -> dict:
 def test_activation_serves_its_languages_and_leaves_null_settings_out(installed):
     seen = _activate(installed, {"command": ["codegemma", "lsp", "--model", "/models/cg"], "model": None,
                                  "maxTokens": 32, "speculative": None, "context": True})
-    assert seen["serverOptions"]["command"] == "codegemma"
-    assert seen["serverOptions"]["args"] == ["lsp", "--model", "/models/cg"]
+    # exactly the command: no transport, which would make the client append --stdio to it
+    assert seen["serverOptions"] == {"command": "codegemma", "args": ["lsp", "--model", "/models/cg"]}
     options = seen["clientOptions"]
     # null model / speculative are not sent: the --model of the command stays in force
     assert options["initializationOptions"] == {"maxTokens": 32, "context": True}

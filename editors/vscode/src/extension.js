@@ -6,7 +6,7 @@
 // The extension activates for the languages named in package.json's `activationEvents` only, and serves
 // the same languages: one list, so that a window without such a file never starts the server.
 const vscode = require("vscode");
-const { LanguageClient, TransportKind } = require("vscode-languageclient/node");
+const { LanguageClient } = require("vscode-languageclient/node");
 
 const SERVER_SETTINGS = ["model", "maxTokens", "temperature", "debounceMs", "context", "languages", "speculative",
   "reusePrompt"];
@@ -32,7 +32,9 @@ async function activate(context) {
   client = new LanguageClient(
     "codegemma",
     "CodeGemma",
-    { command, args, transport: TransportKind.stdio },
+    // No `transport`: stdio all the same, but TransportKind.stdio would append `--stdio` to the command,
+    // which a `--model` argument list then has to accept (found by running the extension in VS Code).
+    { command, args },
     {
       documentSelector: languages(context).flatMap((language) =>
         [{ scheme: "file", language }, { scheme: "untitled", language }]),
