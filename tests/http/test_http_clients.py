@@ -9,7 +9,8 @@
   default), Qwen/CodeGemma, CodeLlama, DeepSeek, Codestral; its prefix starts with the `# path` comment of
   the current file (templating/formatting.ts).
 - llama.vim (autoload/llama.vim): its first request of a session allows t_max_predict_ms 250.
-- llama.vscode (src/llama-server.ts): n_cmpl, n_indent = the current line's indentation.
+- llama.vscode (src/llama-server.ts, src/completion.ts): n_cmpl 3 by default, n_indent = the current line's
+  indentation; it reads one object or a list of them.
 """
 from __future__ import annotations
 
@@ -122,10 +123,14 @@ def test_completion_prompt_must_be_text(client):
 
 # --- llama.vscode: n_cmpl, n_indent; the language from the files it names ------------------------------
 
-LLAMA_VSCODE = {"input_prefix": "def add(a, b):\n", "input_suffix": "\n", "prompt": "    ",
+# llama.vscode's createRequestPayload(false, ...) (src/llama-server.ts, 2026-08): n_cmpl is its
+# max_parallel_completions setting (default 3); it reads either one object or a list of them (getComplFromContent).
+# The seed is ours, to make the sampled completions reproducible.
+LLAMA_VSCODE = {"id_slot": 0, "input_prefix": "def add(a, b):\n", "input_suffix": "\n", "prompt": "    ",
                 "input_extra": [{"text": "def sub(a, b):\n    return a - b\n", "filename": "pkg/ops.py"}],
-                "n_predict": 8, "top_k": 40, "top_p": 0.99, "stream": False, "samplers": ["top_k", "top_p", "infill"],
-                "cache_prompt": True, "n_indent": 4, "t_max_prompt_ms": 500, "t_max_predict_ms": 2500, "seed": 7}
+                "n_predict": 8, "n_cmpl": 1, "top_k": 40, "top_p": 0.99, "stream": False,
+                "samplers": ["top_k", "top_p", "infill"], "cache_prompt": True, "n_indent": 4, "t_max_prompt_ms": 500,
+                "t_max_predict_ms": 2500, "seed": 7}
 
 
 def test_n_cmpl_answers_one_completion_each(client):
@@ -163,7 +168,9 @@ def test_language_from_input_extra_or_filename(client):
 
 # --- llama.vim: t_max_predict_ms counted from the first token, ended only after a newline ----------------
 
-BODY_LINES = ["    total = a", " + b", "\n", "    total", " *= 2", "\n", "    total", " -= 1", "\n",
+# One piece each 100 ms after the first: newlines at +100 ms (inside a 250 ms budget, with a wide margin for
+# a slow machine) and at +500 ms (past it); a line never ends at +250 ms.
+BODY_LINES = ["    total = a", " + b\n", "    total", " *=", " 2", "\n", "    total", " -= 1", "\n",
               "    return", " total", "\n"]
 
 
