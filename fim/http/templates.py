@@ -53,8 +53,9 @@ _TEMPLATES: tuple[tuple[str, re.Pattern], ...] = (
 
 _FILE_SEPARATORS = re.compile(r"<\|file_separator\|>|<\|file_sep\|>|<file_sep>|<\|repo_name\|>")
 _CODESTRAL_HEADER = re.compile(r"^\+\+\+\+\+ (\S[^\n]*)\n", re.MULTILINE)
+_LINE_COMMENT = r"(?:#|//|--|;|%|')"
 # Continue's header line naming the current file: a line comment, a space, a path with an extension.
-_PATH_COMMENT = re.compile(r"^(?:#|//|--|;|%|') ([\w.\-/]+\.\w+)$")
+_PATH_COMMENT = re.compile(rf"^{_LINE_COMMENT} ([\w.\-/]+\.\w+)$")
 
 
 def _looks_like_path(line: str) -> bool:
@@ -92,7 +93,7 @@ def header_path(prefix: str, lines: int = 64) -> str | None:
         match = _PATH_COMMENT.match(line.strip())
         if match and language_from_path(match.group(1)) != TEXT:
             return match.group(1)
-        if line.strip() and not re.match(r"^(?:#|//|--|;|%|')", line.strip()):
+        if line.strip() and not re.match(_LINE_COMMENT, line.strip()):
             return None
     return None
 
