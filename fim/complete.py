@@ -58,6 +58,25 @@ def prepare(engine: EngineProtocol, request: CompletionRequest) -> tuple[Prompt,
     return prompt, language, multiline, debug
 
 
+class NewlineDeadline:
+    """llama.cpp's t_max_predict_ms: the time is counted from the first generated text, and once it is spent
+    generation ends with the next piece that contains a newline, never in the middle of a line."""
+
+    def __init__(self, budget_ms: int | None) -> None:
+        self.budget_s = budget_ms / 1000 if budget_ms else None
+        self.started: float | None = None
+        self.ended = False
+
+    def feed(self, piece: str) -> None:
+        if self.budget_s is None:
+            return
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        if "\n" in piece and now - self.started > self.budget_s:
+            self.ended = True
+
+
 def complete(engine: EngineProtocol, request: CompletionRequest, *, should_stop: Callable[[], bool] | None = None,
              on_text: Callable[[str], None] | None = None) -> CompletionResponse:
     """Complete the request with the engine (one call at a time per engine).
@@ -69,14 +88,19 @@ def complete(engine: EngineProtocol, request: CompletionRequest, *, should_stop:
     prompt, language, multiline, debug = prepare(engine, request)
     options = request.options
     watcher = BlockEndWatcher(request.text, request.cursor, language, multiline)
+    line_deadline = NewlineDeadline(options.predict_budget_ms)
 
     def streamed(piece: str) -> None:
         watcher.feed(piece)
+        line_deadline.feed(piece)
         if on_text is not None:
             on_text(piece)
 
+    def cancelled() -> bool:
+        return should_stop is not None and should_stop()
+
     def stop_now() -> bool:
-        return watcher.ended or (should_stop is not None and should_stop())
+        return watcher.ended or line_deadline.ended or cancelled()
 
     # Without FIM the suffix is not in the prompt, but the model often writes code it contains: let the
     # drafter copy from it.
@@ -92,8 +116,11 @@ def complete(engine: EngineProtocol, request: CompletionRequest, *, should_stop:
         generation = engine.generate(prompt.ids, generate_options, on_text=streamed, should_stop=stop_now,
                                      draft_sources=sources)
     stop_reason = generation.stop_reason
-    if stop_reason == "cancelled" and watcher.ended and not (should_stop is not None and should_stop()):
-        stop_reason = "block_end"
+    if stop_reason == "cancelled" and not cancelled():
+        if watcher.ended:
+            stop_reason = "block_end"
+        elif line_deadline.ended:
+            stop_reason = "deadline"
     post_started = time.perf_counter()
     text, steps = postprocess(generation.text, request.text, request.cursor, language, multiline)
     debug["raw"] = generation.text

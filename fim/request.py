@@ -35,7 +35,10 @@ class CompletionOptions:
     top_p: float = 1.0
     seed: int | None = None
     mode: str = "auto"  # "auto" | "single" | "multi"
-    time_budget_ms: int | None = None
+    time_budget_ms: int | None = None  # wall-clock limit from the start of the request (prefill included)
+    # llama.cpp's t_max_predict_ms: counted from the first generated text; once spent, generation ends with
+    # the next piece that contains a newline, so a suggestion is whole lines rather than a cut-off one
+    predict_budget_ms: int | None = None
     stop: tuple[str, ...] = ()
     use_context: bool = True  # multi-file context on/off
     speculative: bool | None = None  # None: the engine's choice (on where it pays, codegemma.engine)
@@ -90,6 +93,8 @@ def validate_request(request: CompletionRequest) -> None:
         raise BadRequestError(f"mode must be one of {', '.join(MODES)}, got {options.mode!r}")
     if options.time_budget_ms is not None and options.time_budget_ms <= 0:
         raise BadRequestError(f"time_budget_ms must be positive, got {options.time_budget_ms}")
+    if options.predict_budget_ms is not None and options.predict_budget_ms <= 0:
+        raise BadRequestError(f"predict_budget_ms must be positive, got {options.predict_budget_ms}")
     if options.prompt_budget is not None and options.prompt_budget < MIN_PROMPT_BUDGET:
         raise BadRequestError(f"prompt_budget must be at least {MIN_PROMPT_BUDGET} tokens, got {options.prompt_budget}")
     if any(not s for s in options.stop):

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "required for a non-loopback address")
     parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024,
                         help="larger JSON-RPC messages are read, dropped and answered with an error (default 64 MiB)")
+    parser.add_argument("--stdio", action="store_true",
+                        help="serve over stdio (the default; accepted because LSP clients such as "
+                             "vscode-languageclient add it)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                         help="stderr log level (default: warning)")
     return parser

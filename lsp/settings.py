@@ -86,10 +86,13 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 
 def apply_settings(base: Settings, payload: Any) -> tuple[Settings, list[str]]:
     """`base` updated with the valid keys of `payload`, and a problem line for each one ignored."""
-    if payload is None:
+    # An empty Lua table (Neovim) is encoded as an empty JSON array: no settings, not a mistake.
+    if payload is None or payload == []:
         return base, []
-    if isinstance(payload, dict) and isinstance(payload.get("codegemma"), dict):
+    if isinstance(payload, dict) and isinstance(payload.get("codegemma"), (dict, list)):
         payload = payload["codegemma"]
+        if payload == []:
+            return base, []
     if not isinstance(payload, dict):
         return base, [f"settings must be an object, got {type(payload).__name__}: ignored"]
     changes: dict[str, Any] = {}

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model (default 8); "
                    "more get 503 with Retry-After")
     p.add_argument("--max-tokens", type=int, default=d.max_new_tokens,
-                   help="largest n_predict / max_tokens a request may ask for (default %(default)s)")
+                   help="largest n_predict / max_tokens to generate; larger requests are capped to it (default %(default)s)")
     p.add_argument("--default-tokens", type=int, default=None,
                    help=f"tokens for requests that do not say (Tabby, n_predict -1) (default {d.default_new_tokens}, "
                         "or --max-tokens when lower)")

@@ -1,12 +1,23 @@
-"""llama.cpp server compatibility: POST /infill and GET /health, as llama.vim and llama.vscode use them.
+"""llama.cpp server compatibility: POST /infill, POST /completion and GET /health, as llama.vim, llama.vscode and
+Continue's llama.cpp provider use them.
 
 Field names, defaults and response keys follow llama.cpp's server so that those plugins work unchanged:
 the text before the cursor is `input_prefix` + `prompt` (clients keep the big prefix separate so it stays
 cacheable), `input_extra` chunks become other-file context, `response_fields` picks response keys by path
 ("timings/prompt_n" becomes a top-level key of that name), and `stream` switches to server-sent events.
+`/completion` takes one `prompt`; one written in a FIM template (what Continue sends) is split back into
+prefix and suffix (`fim.http.templates`), anything else is completed left to right.
+
+Time limits as llama.cpp defines them: `t_max_predict_ms` is counted from the first generated token and ends
+generation only after a newline (so a suggestion is whole lines); `t_max_prompt_ms` is accepted and reported
+but, as in llama.cpp, not enforced (llama.vim's cache warm-ups send 1 ms and must still fill the cache).
+`n_cmpl` asks for several completions: the answer is then a list, one object per completion with its
+`index`. The current file's language comes from a `filename` field when the client sends one, else from the
+files in `input_extra`.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -17,15 +28,16 @@ from codegemma import GenStats
 
 from fim.http import fields
 from fim.http.errors import error_response
-from fim.http.runner import Completion, Finished
+from fim.http.runner import MAX_COMPLETIONS, Completion, CompletionGroup, Finished, variants
 from fim.http.sse import event, stream, unsent
 from fim.http.state import AppState, State
+from fim.http.templates import split_prompt
+from fim.languages import TEXT, language_from_path
 from fim.request import CompletionOptions, CompletionRequest, FileContext
 
 router = APIRouter(tags=["llama.cpp"])
 
-CURRENT_FILE = "untitled"  # /infill does not name the file being edited
-CACHE_SLOT = "llama.cpp/infill"
+CURRENT_FILE = "untitled"  # when the request does not name the file being edited
 
 # engine / fim stop reasons -> llama.cpp's stop_type
 _STOP_TYPES = {"eos": "eos", "stop_token": "eos", "block_end": "eos", "stop_string": "word",
@@ -37,12 +49,11 @@ class ExtraChunk(BaseModel):
     text: fields.Text = ""
 
 
-class InfillRequest(BaseModel):
-    input_prefix: fields.Text = ""
-    input_suffix: fields.Text = ""
-    input_extra: list[ExtraChunk] = Field(default_factory=list)
-    prompt: fields.Text = Field("", description="text after input_prefix, right before the cursor")
-    n_predict: int = Field(-1, description="tokens to generate; -1 = the server default; 0 = only warm the cache")
+class LlamaOptions(BaseModel):
+    """The generation fields /infill and /completion share."""
+
+    n_predict: int = Field(-1, description="tokens to generate; -1 = the server default; 0 = only warm the cache; "
+                                           "more than the server's --max-tokens is capped to it")
     temperature: fields.FiniteFloat = Field(0.0, description="0 or less = greedy")
     top_k: int = Field(40, description="0 or less = off")
     top_p: fields.TopP = 0.95
@@ -50,9 +61,33 @@ class InfillRequest(BaseModel):
     stop: list[fields.Text] = Field(default_factory=list)
     stream: bool = False
     cache_prompt: bool = True
-    t_max_predict_ms: fields.TimeBudgetMs = 0
+    t_max_predict_ms: fields.TimeBudgetMs = Field(
+        0, description="ms counted from the first generated token; then generation ends after the next newline")
+    t_max_prompt_ms: fields.TimeBudgetMs = Field(0, description="accepted and reported; not enforced (as llama.cpp)")
     n_indent: int = Field(0, description="stop at a line indented less than this many whitespace characters")
+    n_cmpl: int = Field(1, ge=1, le=MAX_COMPLETIONS, description="completions to generate; more than 1 answers a list")
+    filename: fields.Text = Field("", description="the file being edited (sets the language); not sent by llama.cpp "
+                                                  "clients, which name other files in input_extra")
     response_fields: list[str] = Field(default_factory=list)
+
+
+class InfillRequest(LlamaOptions):
+    input_prefix: fields.Text = ""
+    input_suffix: fields.Text = ""
+    input_extra: list[ExtraChunk] = Field(default_factory=list)
+    prompt: fields.Text = Field("", description="text after input_prefix, right before the cursor")
+
+
+class CompletionRouteRequest(LlamaOptions):
+    prompt: fields.Text = Field(..., description="text to continue, or a FIM prompt in a known template")
+    max_tokens: int | None = Field(None, description="alias of n_predict (OpenAI name)")
+
+
+def context_language(files: tuple[FileContext, ...]) -> str | None:
+    """The language most of the context files are in (llama.vim's ring chunks come mostly from the buffer
+    being edited and its neighbours), or None when none has a known one."""
+    languages = Counter(lang for f in files if (lang := language_from_path(f.path)) != TEXT)
+    return languages.most_common(1)[0][0] if languages else None
 
 
 def dedent_cut(text: str, n_indent: int) -> int | None:
@@ -106,27 +141,34 @@ def timings(stats: GenStats) -> dict:
             "draft_n": stats.drafted, "draft_n_accepted": stats.accepted}
 
 
-class Infill:
-    """One /infill request: its fim request, its generation and its llama.cpp-shaped answer."""
+class LlamaJob:
+    """One /infill or /completion request: its fim requests (n_cmpl of them), its generations and its
+    llama.cpp-shaped answer."""
 
-    def __init__(self, state: AppState, body: InfillRequest) -> None:
+    def __init__(self, state: AppState, body: LlamaOptions, route: str, prefix: str, suffix: str,
+                 other_files: tuple[FileContext, ...], path: str | None) -> None:
         self.state = state
         self.body = body
-        self.n_predict = state.check_new_tokens("n_predict", body.n_predict)
-        before = body.input_prefix + body.prompt
+        requested = body.n_predict
+        if isinstance(body, CompletionRouteRequest) and body.max_tokens is not None and requested < 0:
+            requested = body.max_tokens
+        self.n_predict = state.new_tokens(requested)
         options = CompletionOptions(
             # n_predict 0 is a cache warm-up (llama.vim sends them): prefill and one token, shown as none.
             max_tokens=max(self.n_predict, 1), temperature=fields.temperature(body.temperature),
             top_k=fields.top_k(body.top_k), top_p=fields.top_p(body.top_p), seed=fields.seed(body.seed),
-            time_budget_ms=fields.time_budget(body.t_max_predict_ms), stop=fields.stop_strings(body.stop),
+            predict_budget_ms=fields.time_budget(body.t_max_predict_ms), stop=fields.stop_strings(body.stop),
             reuse_prompt=body.cache_prompt)
+        path = body.filename or path
         self.request = CompletionRequest(
-            path=CURRENT_FILE, text=before + body.input_suffix, cursor=len(before),
-            other_files=tuple(FileContext(c.filename or f"extra-{i}", c.text)
-                              for i, c in enumerate(body.input_extra) if c.text),
-            options=options, cache_key=CACHE_SLOT)
-        self.completion = Completion(state, self.request, "/infill", stream=body.stream,
-                                     watch=self._dedented if body.n_indent > 0 else None, watch_reason="n_indent")
+            path=path or CURRENT_FILE, text=prefix + suffix, cursor=len(prefix),
+            language=None if path else context_language(other_files), other_files=other_files,
+            options=options, cache_key=f"llama.cpp{route}")
+        watch = self._dedented if body.n_indent > 0 else None
+        count = body.n_cmpl if self.n_predict else 1
+        self.group = CompletionGroup([
+            Completion(state, r, route, stream=body.stream, watch=watch, watch_reason="n_indent")
+            for r in variants(self.request, count)])
 
     def _dedented(self, raw: str) -> bool:
         return dedent_cut(raw, self.body.n_indent) is not None
@@ -147,11 +189,16 @@ class Infill:
         first, end = finished.response.window
         return first > 0 or end < len(self.request.text)
 
-    def final(self, finished: Finished, content: str, stop_type: str) -> dict:
+    def final(self, index: int, finished: Finished) -> dict:
+        content, stop_type = self.content(finished)
+        return self.final_body(index, finished, content, stop_type)
+
+    def final_body(self, index: int, finished: Finished, content: str, stop_type: str) -> dict:
         stats = finished.stats
         b = self.body
-        return {
-            "index": 0,
+        options = self.group.members[index].request.options
+        answer = {
+            "index": index,
             "content": content,
             "id_slot": 0,
             "stop": True,
@@ -164,40 +211,64 @@ class Infill:
             "has_new_line": "\n" in content,
             "generation_settings": {
                 "n_ctx": self.state.service.engine.max_seq_len, "n_predict": self.n_predict,
-                "model": self.state.model_name, "temperature": self.request.options.temperature,
-                "top_k": self.request.options.top_k, "top_p": self.request.options.top_p,
-                "seed": self.request.options.seed, "stop": list(self.request.options.stop),
-                "n_indent": b.n_indent, "t_max_predict_ms": b.t_max_predict_ms, "cache_prompt": b.cache_prompt,
-                "speculative": self.request.options.speculative,
+                "model": self.state.model_name, "temperature": options.temperature,
+                "top_k": options.top_k, "top_p": options.top_p,
+                "seed": options.seed, "stop": list(options.stop),
+                "n_indent": b.n_indent, "t_max_predict_ms": b.t_max_predict_ms,
+                "t_max_prompt_ms": b.t_max_prompt_ms, "n_cmpl": len(self.group.members),
+                "cache_prompt": b.cache_prompt, "speculative": options.speculative,
+                "language": finished.response.debug.get("language"),
             },
             "timings": timings(stats),
         }
+        return select_fields(answer, b.response_fields)
+
+    async def answer(self, http_request: Request) -> dict | list[dict]:
+        results = await self.group.results(http_request)
+        answers = [self.final(i, finished) for i, finished in enumerate(results)]
+        return answers[0] if len(answers) == 1 else answers
 
     async def events(self) -> AsyncIterator[str]:
-        sent = ""
-        async for piece in self.completion.pieces():
-            # Stream only what the n_indent rule keeps; the worker stops on the step that broke it.
-            allowed = sent + piece
-            cut = dedent_cut(allowed, self.body.n_indent)
-            if cut is not None:
-                allowed = allowed[:cut]
-            if len(allowed) > len(sent) and self.n_predict:
-                yield event({"index": 0, "content": allowed[len(sent):], "stop": False, "id_slot": 0})
-                sent = allowed
-        finished = self.completion.finished()
-        content, stop_type = self.content(finished)
-        yield event(select_fields(self.final(finished, unsent(content, sent), stop_type), self.body.response_fields))
+        for index in range(len(self.group.members)):
+            completion = self.group.started(index)
+            sent = ""
+            async for piece in completion.pieces():
+                # Stream only what the n_indent rule keeps; the worker stops on the step that broke it.
+                allowed = sent + piece
+                cut = dedent_cut(allowed, self.body.n_indent)
+                if cut is not None:
+                    allowed = allowed[:cut]
+                if len(allowed) > len(sent) and self.n_predict:
+                    yield event({"index": index, "content": allowed[len(sent):], "stop": False, "id_slot": 0})
+                    sent = allowed
+            finished = completion.finished()
+            content, stop_type = self.content(finished)
+            yield event(self.final_body(index, finished, unsent(content, sent), stop_type))
+
+
+async def _serve(job: LlamaJob, request: Request):
+    job.group.submit()
+    if job.body.stream:
+        return stream(job.events)
+    return await job.answer(request)
 
 
 @router.post("/infill", summary="Fill in the middle (llama.cpp server format)")
 async def infill(body: InfillRequest, request: Request, state: State):
-    job = Infill(state, body)
-    job.completion.submit()
-    if body.stream:
-        return stream(job.events)
-    finished = await job.completion.result(request)
-    content, stop_type = job.content(finished)
-    return select_fields(job.final(finished, content, stop_type), body.response_fields)
+    extra = tuple(FileContext(c.filename or f"extra-{i}", c.text) for i, c in enumerate(body.input_extra) if c.text)
+    job = LlamaJob(state, body, "/infill", body.input_prefix + body.prompt, body.input_suffix, extra, None)
+    return await _serve(job, request)
+
+
+@router.post("/completion", summary="Complete a prompt, plain or in a FIM template (llama.cpp server format)")
+@router.post("/completions", include_in_schema=False)
+async def completion(body: CompletionRouteRequest, request: Request, state: State):
+    split = split_prompt(body.prompt)
+    if split is None:
+        job = LlamaJob(state, body, "/completion", body.prompt, "", (), None)
+    else:
+        job = LlamaJob(state, body, "/completion", split.prefix, split.suffix, split.other_files, split.path)
+    return await _serve(job, request)
 
 
 @router.get("/health", summary="Readiness (llama.cpp server format)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
@@ -22,6 +22,8 @@ from fim.http.state import AppState
 from fim.request import CompletionRequest, CompletionResponse
 
 CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in logs and metrics
+MAX_COMPLETIONS = 8  # n_cmpl / n above this is a mistake (llama.cpp caps it at its number of slots)
+ALT_TEMPERATURE = 0.8  # llama.cpp's default: what the extra completions of a greedy request sample at
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,42 @@ class Completion:
                 total_s=finished.wall_s, prompt_tokens=stats.prompt_tokens, cached_tokens=stats.cached_tokens,
                 new_tokens=stats.new_tokens, drafted=stats.drafted, accepted=stats.accepted)
         self.state.metrics.completion_finished(sample, cancelled)
+
+
+def variants(request: CompletionRequest, n: int) -> list[CompletionRequest]:
+    """`n` requests for `n` completions (llama.cpp's n_cmpl, OpenAI's n): the first as asked, the others
+    sampled, at the request's temperature or at ALT_TEMPERATURE when it asked for greedy (n greedy copies
+    would all be the same), each with its own seed. They share the first one's prompt cache slot."""
+    options = request.options
+    temperature = options.temperature or ALT_TEMPERATURE
+    return [request] + [
+        replace(request, options=replace(options, temperature=temperature,
+                                         seed=None if options.seed is None else (options.seed + i) % 2**64))
+        for i in range(1, n)]
+
+
+class CompletionGroup:
+    """The completions of one request that asked for several, run one after the other: a request holds one
+    place in the worker's queue however many completions it asked for."""
+
+    def __init__(self, members: list[Completion]) -> None:
+        self.members = members
+
+    def submit(self) -> None:
+        """Queue the first completion (503 while the model loads or the queue is full); the others are queued
+        by `started` as their turn comes."""
+        self.members[0].submit()
+
+    def started(self, index: int) -> Completion:
+        """Member `index`, queued now unless it is the first (which `submit` queued)."""
+        member = self.members[index]
+        if index:
+            member.submit()
+        return member
+
+    async def results(self, http_request: Request) -> list[Finished]:
+        try:
+            return [await self.started(i).result(http_request) for i in range(len(self.members))]
+        finally:
+            for member in self.members:
+                member.job.cancel()  # a no-op for those done or never queued; frees the worker when the client left

@@ -12,7 +12,7 @@ class ServerSettings:
     api_key: str | None = None          # when set, every route but the health checks needs "Bearer <key>"
     model_label: str = "default"        # what health reports before the engine has loaded
     max_body_bytes: int = 2 * 1024 * 1024   # larger bodies get 413 before they are parsed
-    max_new_tokens: int = 512           # n_predict / max_tokens above this get 422
+    max_new_tokens: int = 512           # n_predict / max_tokens above this are capped to it
     default_new_tokens: int = 64        # used when a client asks for "as many as you like" (n_predict -1)
     retry_after_s: int = 1              # sent with 503 when the queue is full or the model is loading
     disconnect_poll_s: float = 0.05     # how often a waiting request checks that its client is still there

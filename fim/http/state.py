@@ -46,24 +46,18 @@ class AppState:
             self.metrics.rejected("loading")
             raise unavailable("the model is still loading; retry shortly", self.settings.retry_after_s)
 
-    def check_new_tokens(self, field_name: str, requested: int) -> int:
-        """The number of tokens to generate for a request field; 422 when it is above the server's limit.
-
-        A negative request (llama.cpp's -1) means "as many as you like": the server default.
-        """
+    def new_tokens(self, requested: int) -> int:
+        """The number of tokens to generate for a request: llama.cpp's rules. A negative request (its -1)
+        means "as many as you like": the server default. A request above the server's limit is capped to
+        it, as llama.cpp caps n_predict to its --n-predict (Continue asks for its model's whole max_tokens,
+        4096 by default), and to half the model's context so that the prompt keeps room."""
         if requested < 0:
             return self.settings.default_new_tokens
         limit = self.settings.max_new_tokens
-        if requested > limit:
-            self.metrics.rejected("limit")
-            raise ApiError(422, f"{field_name} {requested} exceeds this server's limit of {limit} tokens "
-                                f"(max_new_tokens; start the server with a higher --max-tokens to allow it)")
-        context = self.service.engine.max_seq_len if self.service.engine is not None else None
-        if context is not None and requested >= context:
-            self.metrics.rejected("limit")
-            raise ApiError(422, f"{field_name} {requested} leaves no room for a prompt in the model's context "
-                                f"of {context} tokens")
-        return requested
+        engine = self.service.engine
+        if engine is not None:
+            limit = min(limit, max(1, engine.max_seq_len // 2))
+        return min(requested, limit)
 
 
 def authenticated(request: Request) -> bool:

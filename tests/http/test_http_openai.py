@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from fim.http.openai import split_fim_prompt
+from fim.http.templates import split_prompt
 
 # Continue's OpenAI provider with a FIM-capable model posts prompt + suffix to {apiBase}completions.
 CONTINUE_REQUEST = {"model": "codegemma", "prompt": "def square(x):\n    return ", "suffix": "\n",
@@ -47,10 +47,11 @@ def test_fim_template_prompt_is_split_like_prompt_and_suffix(client):
 
 
 def test_split_fim_prompt():
-    assert split_fim_prompt("<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>") == ("a", "b")
-    assert split_fim_prompt("plain text") is None
-    assert split_fim_prompt("<|fim_prefix|>a<|fim_middle|>") is None
-    assert split_fim_prompt("<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>extra") is None
+    split = split_prompt("<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>")
+    assert (split.prefix, split.suffix) == ("a", "b")
+    assert split_prompt("plain text") is None
+    assert split_prompt("<|fim_prefix|>a<|fim_middle|>") is None
+    assert split_prompt("<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>extra") is None
 
 
 def test_models(client):
@@ -59,7 +60,8 @@ def test_models(client):
 
 
 def test_unsupported_options_are_422_with_reason(client):
-    for body, words in (({"prompt": "x", "n": 2}, "n must be 1"), ({"prompt": "x", "echo": True}, "echo"),
+    for body, words in (({"prompt": "x", "n": 0}, "n:"), ({"prompt": "x", "n": 9}, "n:"),
+                        ({"prompt": "x", "echo": True}, "echo"),
                         ({"prompt": ["a", "b"]}, "one string"), ({"prompt": "x", "max_tokens": 0}, "at least 1"),
                         ({"suffix": "x"}, "prompt")):
         r = client.post("/openai/v1/completions", json=body)

@@ -1,6 +1,7 @@
 """Cross-route behaviour: auth, the bounded queue, cancellation on disconnect, metrics, the CLI."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -147,11 +148,13 @@ def test_non_streaming_client_that_leaves_is_cancelled(single, metric):
         _metrics_when(c, lambda t: metric(t, "codegemma_completions_in_flight") == 0)
 
 
-def test_tokens_beyond_the_model_context_are_422(single):
+def test_tokens_beyond_the_model_context_are_capped_to_half_of_it(single):
     with single.client() as c:
         r = c.post("/infill", json={"input_prefix": "x", "n_predict": 3000, "stream": True})
-    assert r.status_code == 422
-    assert "no room for a prompt" in r.json()["error"]["message"]
+        final = json.loads([line for line in r.iter_lines() if line][-1][len("data: "):])
+    assert r.status_code == 200
+    settings = final["generation_settings"]
+    assert settings["n_predict"] == settings["n_ctx"] // 2
 
 
 # --- metrics ---------------------------------------------------------------------------------------------

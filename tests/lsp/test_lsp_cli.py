@@ -65,3 +65,10 @@ def test_bad_tcp_address_is_a_one_line_usage_error(capsys):
     assert exit_.value.code == 2
     error = capsys.readouterr().err
     assert "expected HOST:PORT, e.g. 127.0.0.1:2087, got 'localhost'" in error and "Traceback" not in error
+
+
+def test_stdio_flag_is_accepted_as_the_default_transport():
+    # vscode-languageclient's TransportKind.stdio appends --stdio to the server command
+    from lsp.cli import build_parser
+    args = build_parser().parse_args(["--stdio", "--model", "tiny:fim"])
+    assert args.stdio and args.tcp is None

@@ -27,6 +27,9 @@ def test_non_object_payload_and_none():
     assert apply_settings(Settings(), None) == (Settings(), [])
     settings, problems = apply_settings(Settings(), [1, 2])
     assert settings == Settings() and problems == ["settings must be an object, got list: ignored"]
+    # What Neovim sends for an empty Lua table, as initializationOptions and as workspace settings
+    assert apply_settings(Settings(), []) == (Settings(), [])
+    assert apply_settings(Settings(), {"codegemma": []}) == (Settings(), [])
 
 
 def test_languages_default_switch():
