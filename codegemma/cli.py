@@ -1,61 +1,52 @@
-"""The `codegemma` command: `info` and `bench decode`/`bench speculative` here; other subcommands
-(`lsp`, `serve`, `eval`, more benches) are plugins registered by the packages above the core under the
-entry-point groups "codegemma.commands" and "codegemma.bench", so the core never imports them."""
+"""The `codegemma` command: one table below names the function that runs each subcommand and bench."""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib import import_module
 
 from codegemma.errors import CodegemmaError
 
-Main = Callable[[list[str] | None], int]
+# Targets are "module:function" strings imported only when their subcommand runs: lsp/, fim/ and eval/ import
+# the core, so the core must not import them when it loads (the layering lsp/eval -> fim -> codegemma holds,
+# and `codegemma info` does not pay for pygls or FastAPI).
+COMMANDS: dict[str, str] = {
+    "info": "codegemma.info:main",
+    "lsp": "lsp.cli:main",
+    "serve": "fim.http.cli:main",
+    "eval": "eval.cli:main",
+}
+BENCHES: dict[str, str] = {
+    "decode": "codegemma.bench.decode:main",
+    "speculative": "codegemma.bench.speculative:main",
+    "completion": "eval.bench:main",
+    "lsp": "lsp.bench:main",
+    "http": "fim.http.loadtest:main",
+}
 
 
-def _plugins(group: str) -> dict[str, Main]:
-    return {ep.name: ep.load for ep in entry_points(group=group)}
-
-
-def _builtin_bench() -> dict[str, Main]:
-    from codegemma.bench_decode import main as decode
-    from codegemma.bench_speculative import main as speculative
-
-    return {"decode": decode, "speculative": speculative}
-
-
-def info_main(argv: list[str] | None = None) -> int:
-    from codegemma.info import describe
-
-    ap = argparse.ArgumentParser(prog="codegemma info", description="Module tree and parameter counts of a "
-                                 "preset or checkpoint, built on the meta device (no weights are loaded).")
-    ap.add_argument("model", help="a preset name (codegemma-2b, gemma-2-9b, ...) or a checkpoint path")
-    args = ap.parse_args(argv)
-    print(describe(args.model))
-    return 0
+def _run(target: str, argv: list[str]) -> int:
+    module, function = target.split(":")
+    return getattr(import_module(module), function)(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands: dict[str, Callable[[], Main]] = {"info": lambda: info_main, **_plugins("codegemma.commands")}
-    usage = f"usage: codegemma {{{','.join(sorted([*commands, 'bench']))}}} ..."
+    usage = f"usage: codegemma {{{','.join(sorted([*COMMANDS, 'bench']))}}} ..."
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     try:
         if name == "bench":
-            benches: dict[str, Callable[[], Main]] = {**{k: (lambda f=f: f) for k, f in _builtin_bench().items()},
-                                                      **_plugins("codegemma.bench")}
-            if not rest or rest[0] not in benches:
-                print(f"usage: codegemma bench {{{','.join(sorted(benches))}}} ...", file=sys.stderr)
+            if not rest or rest[0] not in BENCHES:
+                print(f"usage: codegemma bench {{{','.join(sorted(BENCHES))}}} ...", file=sys.stderr)
                 return 2
-            return benches[rest[0]]()(rest[1:])
-        if name not in commands:
+            return _run(BENCHES[rest[0]], rest[1:])
+        if name not in COMMANDS:
             print(f"codegemma: unknown command {name!r}\n{usage}", file=sys.stderr)
             return 2
-        return commands[name]()(rest)
+        return _run(COMMANDS[name], rest)
     except CodegemmaError as e:
         print(f"codegemma: error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from codegemma.contract import GenerateOptions
 from codegemma.drafters import Drafter, ModelDrafter, NGramDrafter
 from codegemma.errors import PromptTooLongError
 from codegemma.generate import PREFILL_BLOCK, Generation, TextStream, generate
-from codegemma.linear import NativeLinear
+from codegemma.linear import NativeLinear, weight_formats
 from codegemma.model import Transformer
 from codegemma.prompt_cache import PromptCache
 from codegemma.sampling import Sampler
@@ -59,6 +59,10 @@ class Engine:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
+
+    def formats(self) -> dict[str, int]:
+        """Bytes of weights per storage format, e.g. {"Q8_0": 180e6, "Q5_0": 44e6, ..., "F32": ...}."""
+        return weight_formats(self.model)
 
     def _drafter(self, sampler: Sampler) -> Drafter:
         if self.draft_model is not None:

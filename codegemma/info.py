@@ -1,7 +1,9 @@
-"""`codegemma info`: the module tree and parameter counts of a preset or checkpoint, without weights."""
+"""`codegemma info`: the module tree and parameter counts of a preset or checkpoint, without weights; for a
+GGUF file also the storage formats of its weights and which of them the native products compute with."""
 
 from __future__ import annotations
 
+import argparse
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,8 +18,8 @@ def config_for(spec: str) -> GemmaConfig:
     if path.is_dir():
         return read_config(path)
     if path.is_file() and path.suffix == ".gguf":
-        from codegemma.gguf_convert import gguf_config
-        from codegemma.gguf_format import read_gguf
+        from codegemma.gguf.convert import gguf_config
+        from codegemma.gguf.format import read_gguf
 
         return gguf_config(read_gguf(path))
     if spec in PRESETS:
@@ -46,6 +48,23 @@ def parameter_counts(model: Transformer) -> dict[str, int]:
     return dict(counts)
 
 
+def gguf_formats(path: Path) -> list[str]:
+    """One line per storage format of a GGUF file's tensors: count, megabytes, and how it runs."""
+    from codegemma import kernels
+    from codegemma.gguf.format import read_gguf
+
+    tensors: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for info in read_gguf(path).tensors:
+        tensors[info.qtype.name][0] += 1
+        tensors[info.qtype.name][1] += info.n_bytes
+    native = kernels.available()
+    lines = []
+    for name, (count, size) in sorted(tensors.items(), key=lambda kv: -kv[1][1]):
+        how = "native blocks" if native and name in kernels.GGUF_TYPES else "dequantized float copy"
+        lines.append(f"  {name:<8} {count:>4} tensors {size / 1e6:>10.1f} MB   {how}")
+    return lines
+
+
 def describe(spec: str) -> str:
     cfg = config_for(spec)
     with empty_model():
@@ -55,4 +74,16 @@ def describe(spec: str) -> str:
     lines += [f"  {k:<26} {v:>15,}" for k, v in counts.items()]
     per_layer = (counts["attention"] + counts["mlp"]) // cfg.n_layers
     lines.append(f"  {'per layer (attn + mlp)':<26} {per_layer:>15,}")
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        lines += ["", "weight formats (GGUF):", *gguf_formats(path)]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="codegemma info", description="Module tree and parameter counts of a "
+                                 "preset or checkpoint, built on the meta device (no weights are loaded).")
+    ap.add_argument("model", help="a preset name (codegemma-2b, gemma-2-9b, ...) or a checkpoint path")
+    args = ap.parse_args(argv)
+    print(describe(args.model))
+    return 0

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codegemma import kernels
-from codegemma.model import Transformer
+from codegemma.model import KVCache, Transformer
 
 _scratch = threading.local()
 
@@ -31,12 +31,32 @@ def _as_float32(w: Tensor) -> Tensor:
     return buf[:w.numel()].view(w.shape).copy_(w)
 
 
+_DTYPE_FORMATS = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int8: "int8"}
+
+
+def weight_formats(model: nn.Module) -> dict[str, int]:
+    """Bytes of weights per storage format ("Q8_0", "BF16", "int8", ...), each tensor counted once."""
+    seen: set[int] = set()
+    out: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, KVCache):
+            continue
+        tensors = [(t, _DTYPE_FORMATS.get(t.dtype, str(t.dtype))) for t in
+                   [*module.parameters(recurse=False), *module.buffers(recurse=False)] if t.device.type != "meta"]
+        tensors += getattr(module, "stored", lambda: [])()
+        for t, fmt in tensors:
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                out[fmt] = out.get(fmt, 0) + t.numel() * t.element_size()
+    return out
+
+
 class NativeLinear(nn.Module):
     """A projection that goes through `self.native` (codegemma.kernels.Weights) when the kernels take the
     input, else through `torch_product`. With glu its outputs are a gate and its values side by side and
     the result is Gemma's GeGLU, gelu_tanh(gate) * up."""
 
-    native: kernels.Weights | None = None
+    native: kernels.Weights | kernels.GGUFWeights | None = None
 
     def torch_product(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -73,8 +93,9 @@ class FusedLinear(NativeLinear):
 @torch.no_grad()
 def use_native(model: Transformer) -> Transformer:
     """Route a float model's projections and tied output layer through the native products, in place. The
-    parameters stay where they are, under the same names; int8 models bring their own (codegemma.quant)."""
-    if not kernels.available() or model.dtype not in (torch.bfloat16, torch.float32):
+    parameters stay where they are, under the same names; int8 and GGUF models bring their own
+    (codegemma.quant, codegemma.gguf.native), which an output layer already set shows."""
+    if not kernels.available() or model.dtype not in (torch.bfloat16, torch.float32) or model.lm_head is not None:
         return model
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp

@@ -3,7 +3,8 @@
 Decode on CPU is bound by bytes of weights read per token; int8 halves them against bf16. A few rows at a
 time go through the native product (codegemma.kernels), a prefill block through `torch._weight_int8pack_mm`.
 Activations stay in the model dtype. The tied embedding is quantized once and serves both as the input
-lookup (dequantized row by row) and as the output layer.
+lookup (dequantized row by row) and as the output layer. The quantized tensors can be cached: given those of
+an earlier load (`cached`), nothing is quantized again.
 """
 
 from __future__ import annotations
@@ -60,21 +61,31 @@ class Int8Embedding(nn.Module):
 
 
 @torch.no_grad()
-def quantize_int8(model: Transformer) -> Transformer:
-    """Replace every projection and the tied embedding with int8 weight-only versions, in place."""
+def quantize_int8(model: Transformer, cached: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Replace every projection and the tied embedding with int8 weight-only versions, in place. Returns the
+    quantized tensors by name ("model.layers.0.qkv.weight", "....scales"), which `cached` takes next time."""
     dtype = model.dtype
-    for layer in model.model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        # quantizing copies the weights anyway, so q/k/v and gate/up become one product each
-        attn.qkv = Int8Linear.quantize(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), dtype)
-        mlp.gate_up = Int8Linear.quantize(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype)
-        attn.o_proj = Int8Linear.quantize(attn.o_proj.weight, dtype)
-        mlp.down_proj = Int8Linear.quantize(mlp.down_proj.weight, dtype)
+    tensors: dict[str, Tensor] = {}
+
+    def linear(name: str, weights: list[Tensor]) -> Int8Linear:
+        if cached is not None and f"{name}.weight" in cached:
+            q, scales = cached[f"{name}.weight"], cached[f"{name}.scales"]
+        else:  # quantizing copies the weights anyway, so q/k/v and gate/up become one product each
+            q, scales = quantize_rows(torch.cat(weights) if len(weights) > 1 else weights[0])
+        tensors[f"{name}.weight"], tensors[f"{name}.scales"] = q, scales
+        return Int8Linear(q, scales, dtype)
+
+    for i, layer in enumerate(model.model.layers):
+        attn, mlp, p = layer.self_attn, layer.mlp, f"model.layers.{i}."
+        attn.qkv = linear(p + "qkv", [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        mlp.gate_up = linear(p + "gate_up", [mlp.gate_proj.weight, mlp.up_proj.weight])
+        attn.o_proj = linear(p + "o_proj", [attn.o_proj.weight])
+        mlp.down_proj = linear(p + "down_proj", [mlp.down_proj.weight])
         del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
-    head = model.lm_head = Int8Linear.quantize(model.model.embed_tokens.weight.data, dtype)
+    head = model.lm_head = linear("lm_head", [model.model.embed_tokens.weight.data])
     model.model.embed_tokens = Int8Embedding(head.weight, head.scales, dtype)
     # The norms are all that is left of the checkpoint; copy them so that its memory map (every page of
     # which quantizing touched) can be released instead of staying resident for a few small vectors.
     for p in model.parameters():
         p.data = p.data.clone()
-    return model
+    return tensors

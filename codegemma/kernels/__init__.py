@@ -1,4 +1,5 @@
-"""Native operations for CPU decoding (ops.c), compiled on first use and called through ctypes.
+"""Native operations for CPU decoding (ops.c; gguf.c for GGUF block formats), compiled on first use and
+called through ctypes.
 
 The library is built once per source, compiler flags and CPU into ~/.cache/codegemma/kernels with the
 system C compiler (`cc`, or $CC), `-march=native` and OpenMP. It links against the libgomp PyTorch already
@@ -28,7 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("ops.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("ops.c", "gguf.c")]
+HEADERS = [Path(__file__).with_name("numerics.h")]
 MAX_ROWS = 16
 # CODEGEMMA_KERNELS_MARCH: the -march target (default native); e.g. x86-64-v2 for a build without AVX-512
 # that may move between machines (the plain-C loops then run)
@@ -41,7 +43,7 @@ _disabled = 0
 _build_lock = threading.Lock()  # server threads may ask at once; one builds, the others wait for it
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     return Path(os.environ.get("CODEGEMMA_CACHE", Path.home() / ".cache" / "codegemma")) / "kernels"
 
 
@@ -57,8 +59,9 @@ def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise OSError("no C compiler (cc, gcc or $CC) found")
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"ops-{key}.so"
+    text = [s.read_text() for s in SOURCES + HEADERS]
+    key = hashlib.sha256("\0".join([*text, cc, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
+    out = cache_dir() / f"ops-{key}.so"
     if out.is_file():
         # Checked before dlopen: a truncated library is not an error there but a SIGBUS on first use.
         damage = _damage(out)
@@ -87,7 +90,7 @@ def _compile(cc: str, out: Path) -> ctypes.CDLL:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     try:
-        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True,
+        proc = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", str(tmp), "-lm"], capture_output=True, text=True,
                               timeout=300)
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)
@@ -121,6 +124,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_add_norm.argtypes = [i, i, i, f, p, p, p, p, p, p]
     lib.cg_attention.restype = i
     lib.cg_attention.argtypes = [i, i, i, i, i, i64, i64, i, f, f, f, p, p, p, p, p, p, p]
+    lib.cg_row_bytes.restype = i64
+    lib.cg_row_bytes.argtypes = [i, i64]
+    lib.cg_gguf_linear.restype = i
+    lib.cg_gguf_linear.argtypes = [i, p, p, p, p, i, i64, p, i, i, i64, i]
+    lib.cg_gguf_dequantize.restype = i
+    lib.cg_gguf_dequantize.argtypes = [p, i, i64, i64, i64, p]
     return lib
 
 
@@ -209,7 +218,27 @@ def attention(qkv: Tensor, n_heads: int, n_kv: int, head_dim: int, start: int, k
     return out
 
 
-class Weights:
+class _Product:
+    """What the native products share: x [..., K] (float32 or bfloat16, at most MAX_ROWS rows) -> [..., N] in
+    out_dtype (default x's dtype); with glu, gelu_tanh(first half) * second half [..., N / 2]."""
+
+    n: int
+
+    def __call__(self, x: Tensor, out_dtype: torch.dtype | None = None, glu: bool = False) -> Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        n = self.n // 2 if glu else self.n
+        y = torch.empty(x2.shape[0], n, dtype=out_dtype or x.dtype)
+        self._product(x2, y, glu)
+        return y.view(*shape[:-1], n)
+
+    def _product(self, x2: Tensor, y: Tensor, glu: bool) -> None:
+        raise NotImplementedError
+
+
+class Weights(_Product):
     """One or more weight matrices [N_i, K] (same dtype, contiguous) used as one product whose outputs are
     concatenated, e.g. q, k and v. int8 matrices carry float32 scales [N_i]."""
 
@@ -224,19 +253,47 @@ class Weights:
         self._scales = (ctypes.c_void_p * n_w)(*[s.data_ptr() for s in self.scales]) if self.scales else None
         self._ns = (ctypes.c_int64 * n_w)(*[m.shape[0] for m in self.mats])
 
-    def __call__(self, x: Tensor, out_dtype: torch.dtype | None = None, glu: bool = False) -> Tensor:
-        """x [..., K] (float32 or bfloat16) -> [..., N] in out_dtype (default x's dtype); with glu,
-        gelu_tanh(first half) * second half [..., N / 2]."""
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
-        out_dtype = out_dtype or x.dtype
-        n = self.n // 2 if glu else self.n
-        y = torch.empty(x2.shape[0], n, dtype=out_dtype)
+    def _product(self, x2: Tensor, y: Tensor, glu: bool) -> None:
         rc = _lib.cg_linear(len(self.mats), self._ptrs, self._scales, self._ns, _TYPES[self.dtype],
-                            x2.data_ptr(), _TYPES[x2.dtype], x2.stride(0), y.data_ptr(), _TYPES[out_dtype],
+                            x2.data_ptr(), _TYPES[x2.dtype], x2.stride(0), y.data_ptr(), _TYPES[y.dtype],
                             x2.shape[0], self.k, int(glu))
         if rc != 0:
             raise MemoryError("out of memory in the native linear product")
-        return y.view(*shape[:-1], n)
+
+
+# ggml type ids of the GGUF formats the native products take (gguf.c)
+GGUF_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13,
+              "Q6_K": 14, "BF16": 30}
+
+
+class GGUFWeights(_Product):
+    """One or more weight matrices in GGUF block formats, [N_i, K] each as raw bytes [N_i, row bytes] (uint8,
+    usually a view of the memory-mapped file), used as one product whose outputs are concatenated. The
+    matrices may differ in format (a Q4_K_M file mixes Q4_K and Q6_K)."""
+
+    def __init__(self, mats: list[Tensor], types: list[int], k: int):
+        self.mats, self.types, self.k = mats, types, k
+        self.n = sum(m.shape[0] for m in mats)
+        n_w = len(mats)
+        for m, t in zip(mats, types):
+            if _lib.cg_row_bytes(t, k) != m.shape[1]:
+                raise ValueError(f"GGUF type {t} rows of {k} weights are not {m.shape[1]} bytes")
+        self._ptrs = (ctypes.c_void_p * n_w)(*[m.data_ptr() for m in mats])
+        self._types = (ctypes.c_int * n_w)(*types)
+        self._ns = (ctypes.c_int64 * n_w)(*[m.shape[0] for m in mats])
+
+    def _product(self, x2: Tensor, y: Tensor, glu: bool) -> None:
+        rc = _lib.cg_gguf_linear(len(self.mats), self._ptrs, self._types, self._ns, x2.data_ptr(),
+                                 int(x2.dtype == torch.bfloat16), x2.stride(0), y.data_ptr(),
+                                 int(y.dtype == torch.bfloat16), x2.shape[0], self.k, int(glu))
+        if rc == -1:
+            raise MemoryError("out of memory in the native GGUF product")
+        if rc != 0:
+            raise ValueError(f"the native GGUF product refused its input (code {rc})")
+
+
+def gguf_dequantize(raw: Tensor, qtype: int, k: int, first: int, n: int, out: Tensor) -> Tensor:
+    """Rows first..first+n of a GGUF matrix (raw bytes [N, row bytes]) as float32 into out [n, K]."""
+    if _lib.cg_gguf_dequantize(raw.data_ptr(), qtype, k, first, n, out.data_ptr()) != 0:
+        raise ValueError(f"GGUF type {qtype} rows of {k} weights cannot be dequantized natively")
+    return out

@@ -22,22 +22,9 @@
 #include <immintrin.h>
 #endif
 
+#include "numerics.h"
+
 enum { T_F32 = 0, T_BF16 = 1, T_I8 = 2 };
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch does */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64); /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 /* a value as PyTorch holds it in type t: float32 as is, bfloat16 rounded */
 static inline float rnd(float v, int t) { return t == T_F32 ? v : bf16_to_f32(f32_to_bf16(v)); }
@@ -51,12 +38,6 @@ static inline void st(void *p, int t, size_t i, float v) {
         ((uint16_t *)p)[i] = f32_to_bf16(v);
 }
 
-/* tanh(u) = 1 - 2 / (exp(2u) + 1): glibc's tanhf costs ~30 ns, a decode step calls this 37k times; the
- * error (~1e-7 absolute) vanishes in the rounding to bfloat16 */
-static inline float gelu_tanh(float x) {
-    float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (2.0f - 2.0f / (expf(2.0f * u) + 1.0f));
-}
 
 /* Dot products of weight rows (float32, bfloat16 or int8) with a float32 vector, one row or four at a time.
  * Each row keeps two accumulators (elements k mod 32 < 16 and the rest) and reduces them the same way in
@@ -333,7 +314,11 @@ int cg_linear(int n_w, const void *const *Ws, const float *const *scales, const 
     {
         void *wbuf = M > 1 ? malloc(sizeof(float) * 4 * (size_t)K) : NULL;
         float *dots = (float *)malloc(sizeof(float) * 4 * (size_t)M);
-        if (!dots) failed = 1;
+        if (!dots) {
+            /* every thread whose allocation failed writes here at once; atomic so that is not a data race */
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < (N + 3) / 4; b++) {
             if (!dots) continue;
@@ -482,7 +467,11 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
     {
         float *p = (float *)malloc(sizeof(float) * (size_t)(start + S));
         float *acc = (float *)malloc(sizeof(float) * D);
-        if (!p || !acc) failed = 1;
+        if (!p || !acc) {
+            /* as in cg_linear: several threads may fail together */
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(static)
         for (int task = 0; task < S * H; task++) {
             if (!p || !acc) continue;

@@ -114,6 +114,21 @@ def test_greedy_tokens_equal_transformers(engine_fp32, transformers_model, langu
                            f"{ours[first]}, after {engine_fp32.tokenizer.decode(ours[:first])!r}")
 
 
+@pytest.mark.parametrize("language", sorted(PROMPTS))
+def test_native_formats_decode_as_the_dequantized_float32_reference(engine, engine_fp32, language):
+    """The default path computes with the file's own blocks (Q8_0, Q5_0, Q4_K, Q6_K); its greedy tokens are
+    the float32 copy's choices at every step. A divergence is reported with the reference's margin there."""
+    assert {"Q8_0", "Q5_0", "Q4_K", "Q6_K"} <= set(engine.formats()) and "BF16" not in engine.formats()
+    ids = engine.tokenizer.encode(PROMPTS[language], bos=True)
+    ours = engine.generate(ids, GenerateOptions(max_new_tokens=STEPS, stop_ids=frozenset())).tokens
+    with torch.inference_mode():
+        logits = engine_fp32.model(torch.tensor([ids + ours[:-1]]), torch.arange(len(ids) + STEPS - 1))[0, len(ids) - 1:]
+    reference = logits.argmax(-1).tolist()
+    first = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b), None)
+    margin = None if first is None else float(logits[first].topk(2).values.diff().abs())
+    assert first is None, f"{language}: diverges at step {first}, where the reference's top two differ by {margin}"
+
+
 def perplexity(engine: codegemma.Engine, text: str) -> float:
     scores = engine.score(text)
     assert len(scores) == len(engine.tokenizer.encode(text))  # every token after <bos> is scored

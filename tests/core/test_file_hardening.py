@@ -9,8 +9,8 @@ import pytest
 
 import codegemma
 from codegemma.errors import CheckpointError
-from codegemma.gguf_format import read_gguf
-from codegemma.gguf_loader import gguf_cache_dir
+from codegemma.gguf.format import read_gguf
+from codegemma.gguf.loader import gguf_cache_dir
 from tests.core.test_gguf_loader import write_gguf
 
 

@@ -13,7 +13,7 @@ from codegemma.errors import PromptTooLongError, TokenizerError
 from codegemma.generate import PREFILL_BLOCK, TextStream, accept_or_resample, generate, prefill
 from codegemma.prompt_cache import PromptCache
 from codegemma.sampling import Sampler
-from codegemma.testing import random_model, tiny_config, tiny_engine
+from tests.tiny import random_model, tiny_config, tiny_engine
 
 CODE = [
     "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",

@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 
 from codegemma.config import from_hf_config, preset, to_hf_config
 from codegemma.errors import CheckpointError, CodegemmaError, ModelNotFoundError
-from codegemma.gguf_loader import gguf_cache_dir, load_gguf
-from codegemma.gguf_vocab import GGUFVocab, sentencepiece_model
+from codegemma.gguf.loader import gguf_cache_dir, load_gguf
+from codegemma.gguf.vocab import GGUFVocab, sentencepiece_model
 
 SPACE = "\u2581"
 D, HEADS, KV, HEAD_DIM, FF, LAYERS, WINDOW = 32, 2, 1, 32, 64, 6, 16
@@ -224,8 +224,8 @@ def test_cache_dir_round_trip(tmp_path, monkeypatch, arch):
     path = tmp_path / f"{arch}.gguf"
     write_gguf(path, arch)
     model = load_gguf(path)
-    import codegemma.gguf_convert
-    monkeypatch.setattr(codegemma.gguf_convert, "_CHUNK_ELEMENTS", 100)  # many blocks of rows per tensor
+    import codegemma.gguf.convert
+    monkeypatch.setattr(codegemma.gguf.convert, "_CHUNK_ELEMENTS", 100)  # many blocks of rows per tensor
     d = gguf_cache_dir(path)
     assert d.parent.parent == tmp_path / "cache"
     cfg = json.loads((d / "config.json").read_text())
@@ -268,7 +268,7 @@ def test_failed_build_leaves_no_cache(tiny, tmp_path, monkeypatch):
     """An interrupted first load (here: the disk refuses the tokenizer file) leaves nothing a later load
     could mistake for a finished cache."""
     monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "cache"))
-    import codegemma.gguf_loader as loader
+    import codegemma.gguf.loader as loader
     real_write = loader._write
 
     def refuse_tokenizer(p: Path, data: bytes) -> None:

@@ -14,9 +14,10 @@ import torch
 from safetensors import safe_open
 
 from codegemma import cli
+from codegemma import kernels
 from codegemma.config import PRESETS
 from codegemma.model import Transformer
-from codegemma.testing import tiny_config
+from tests.tiny import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,6 +127,10 @@ def test_info_on_the_embedded_gguf(capsys):
     assert total_of(out) == PUBLISHED_TOTALS["gemma-3-270m"]
     assert _linear("q_proj", 640, 1024) in out and _linear("k_proj", 640, 256) in out
     assert "(q_norm): RMSNorm()" in out
+    formats = out.split("weight formats (GGUF):\n")[1].splitlines()
+    assert [line.split()[0] for line in formats] == ["Q8_0", "Q5_0", "Q4_K", "Q6_K", "F32"]  # by size
+    how = "native blocks" if kernels.available() else "dequantized float copy"
+    assert all(line.endswith(how) for line in formats)
 
 
 def test_unknown_preset_is_one_line_naming_the_presets(capsys):

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from codegemma import kernels
 from codegemma.linear import FusedLinear, use_native
 from codegemma.quant import quantize_int8, quantize_rows
-from codegemma.testing import random_model, tiny_config
+from tests.tiny import random_model, tiny_config
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"native kernels: {kernels.unavailable_reason()}")
 
@@ -121,14 +122,15 @@ def test_decoding_matches_torch_path(arch, mode):
 
 
 def _python(code: str, **env) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter from the repository root (so it can import `tests.tiny`)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120)
+                          env={**os.environ, **env}, timeout=120, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_disabled_or_unbuildable_falls_back_to_torch(tmp_path):
-    code = ("from codegemma import GenerateOptions, kernels, testing\n"
+    code = ("from codegemma import GenerateOptions, kernels\nfrom tests import tiny\n"
             "print(kernels.available(), kernels.unavailable_reason()[:40])\n"
-            "e = testing.tiny_engine(); print(len(e.generate(e.tokenizer.encode('def f('), GenerateOptions(max_new_tokens=3)).tokens))")
+            "e = tiny.tiny_engine(); print(len(e.generate(e.tokenizer.encode('def f('), GenerateOptions(max_new_tokens=3)).tokens))")
     off = _python(code, CODEGEMMA_KERNELS="0")
     assert off.returncode == 0 and off.stdout.splitlines() == ["False disabled", "3"], off.stderr
     broken = _python(code, CC="/bin/false", CODEGEMMA_CACHE=str(tmp_path))

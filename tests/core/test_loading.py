@@ -18,9 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import codegemma
+from codegemma import quant
 from codegemma import GenerateOptions
 from codegemma.errors import CheckpointError, CodegemmaError, ModelNotFoundError, PromptTooLongError, TokenizerError
-from codegemma.testing import tiny_config, tiny_tokenizer_model
+from tests.tiny import tiny_config, tiny_tokenizer_model
 from codegemma.tokenizer import FIM_TOKENS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -404,3 +405,22 @@ def test_int8_weights_decode_like_bf16(checkpoint_writer, arch):
           f"{deviation:.2f} standard deviations, free-running decodes equal for {prefix} tokens")
     assert agree >= 0.85
     assert deviation < 0.3
+
+
+def test_int8_weights_are_quantized_once_and_cached(checkpoint_writer, tmp_path, monkeypatch):
+    monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "cache"))
+    path = str(checkpoint_writer(tiny_config("gemma3")))
+    first = codegemma.load(path, dtype="bf16", int8=True)
+    cached = list((tmp_path / "cache" / "int8").glob("*.safetensors"))
+    assert len(cached) == 1
+    calls = []
+    original = quant.quantize_rows
+    monkeypatch.setattr(quant, "quantize_rows", lambda w: calls.append(w.shape) or original(w))
+    again = codegemma.load(path, dtype="bf16", int8=True)
+    assert calls == []  # read from the cache, not quantized again
+    prompt = first.tokenizer.encode(PROMPT_TEXT, bos=True)
+    options = GenerateOptions(max_new_tokens=16, stop_ids=frozenset(), speculative=False)
+    assert again.generate(prompt, options).tokens == first.generate(prompt, options).tokens
+    cached[0].write_bytes(b"damaged")  # a damaged cache is quantized and written again
+    codegemma.load(path, dtype="bf16", int8=True)
+    assert calls and cached[0].stat().st_size > 1000

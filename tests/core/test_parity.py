@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from codegemma.checkpoint import load_checkpoint
-from codegemma.testing import TINY_VOCAB, tiny_config
+from tests.tiny import TINY_VOCAB, tiny_config
 
 transformers = pytest.importorskip("transformers")
 

@@ -6,6 +6,7 @@ import pytest
 
 from eval import bench, cli
 from eval.datasets import load_tasks
+from tests.tiny import tiny_checkpoint
 
 FAST = ["--timeout", "3", "--workers", "2"]
 
@@ -67,7 +68,7 @@ def test_missing_data_dir_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_eval_run_writes_results_report_and_json_summary(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
-    code = cli.main(["--dataset", "humaneval,infill-single", "--limit", "1", "--model", "tiny:fim",
+    code = cli.main(["--dataset", "humaneval,infill-single", "--limit", "1", "--model", tiny_checkpoint(),
                      "--max-tokens", "4", "--data-dir", str(data_dir), "--out", str(out), *FAST])
     assert code == 0
     summary = last_json(capsys)
@@ -87,7 +88,7 @@ def test_eval_unknown_model_is_one_line(tmp_path, data_dir, capsys):
 
 
 def test_bench_completion_table_and_json(tmp_path, data_dir, capsys):
-    code = bench.main(["--model", "tiny:fim", "--dataset", "infill-single", "--limit", "1", "--max-tokens", "4",
+    code = bench.main(["--model", tiny_checkpoint(), "--dataset", "infill-single", "--limit", "1", "--max-tokens", "4",
                        "--setups", "plain,speculative+context", "--data-dir", str(data_dir),
                        "--out", str(tmp_path), *FAST])
     assert code == 0

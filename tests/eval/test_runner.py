@@ -1,7 +1,7 @@
 """The runner: completions through fim.complete with a tiny engine, streaming results, resuming."""
 
 import pytest
-from codegemma.testing import tiny_engine
+from tests.tiny import tiny_engine
 
 from eval.datasets import load_tasks
 from eval.errors import ResultsError

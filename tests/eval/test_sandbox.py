@@ -24,8 +24,7 @@ from eval.datasets import load_tasks
 from eval.errors import SandboxError
 from eval.sandbox import Limits, Sandbox
 
-sys.path.insert(0, str(Path(__file__).parent))
-from hostile_harness import unprivileged_command  # noqa: E402
+from tests.eval.hostile_harness import unprivileged_command
 
 SECRET = "codegemma-fake-secret-7f3a9"
 LIMITS = {"timeout_s": 2.0, "memory_mb": 512, "disk_mb": 32}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from codegemma.testing import tiny_engine
+from tests.tiny import tiny_engine
 
 
 @pytest.fixture(scope="session")

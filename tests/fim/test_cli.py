@@ -9,9 +9,10 @@ import sys
 import pytest
 
 from fim.cli import main
+from tests.tiny import tiny_checkpoint
 
 SOURCE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
-FAST = ["--model", "tiny:fim", "--max-tokens", "3"]
+FAST = ["--model", tiny_checkpoint(), "--max-tokens", "3"]
 
 
 @pytest.fixture()

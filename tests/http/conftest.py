@@ -1,14 +1,15 @@
-"""Fixtures of the HTTP API tests: real servers over tiny engines (`codegemma.load("tiny:fim")`)."""
+"""Fixtures of the HTTP API tests: real servers over tiny engines (`codegemma.load(tiny_checkpoint())`)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from http_harness import API_KEY, LiveServer, start_server
 
 from fim.http import ServerSettings
 from fim.service import CompletionService
+from tests.http.http_harness import API_KEY, LiveServer, start_server
+from tests.tiny import tiny_checkpoint
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -18,7 +19,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def live() -> Iterator[LiveServer]:
     """The shared server: no API key, default limits, a tiny FIM engine."""
-    server = start_server(CompletionService("tiny:fim"), ServerSettings(max_new_tokens=256, default_new_tokens=8))
+    server = start_server(CompletionService(tiny_checkpoint()),
+                          ServerSettings(max_new_tokens=256, default_new_tokens=8))
     yield server
     server.stop()
 
@@ -32,7 +34,7 @@ def client(live: LiveServer) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def secured() -> Iterator[LiveServer]:
     """A server with an API key."""
-    server = start_server(CompletionService("tiny:fim"), ServerSettings(api_key=API_KEY, default_new_tokens=4))
+    server = start_server(CompletionService(tiny_checkpoint()), ServerSettings(api_key=API_KEY, default_new_tokens=4))
     yield server
     server.stop()
 

@@ -1,12 +1,18 @@
 """Real uvicorn servers on 127.0.0.1 (free ports) in background threads, for the HTTP API tests.
 
-Each server owns its CompletionService; tests talk to it over a real socket with httpx.
+Each server owns its CompletionService; tests talk to it over a real socket with httpx. Server commands
+started as subprocesses (`codegemma serve`) are tested inside `serving`.
 """
 from __future__ import annotations
 
+import contextlib
+import re
+import signal
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -53,3 +59,33 @@ def start_server(service: CompletionService, settings: ServerSettings, start_ser
     return LiveServer(f"http://127.0.0.1:{port}", service, server, thread)
 
 
+
+
+@contextlib.contextmanager
+def serving(proc: subprocess.Popen) -> Iterator[str]:
+    """A server subprocess's URL once its model is ready. Leaving the block stops it with Ctrl-C, which must
+    end it with status 0 (after a failure inside the block it is killed)."""
+    try:
+        yield _ready_url(proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _ready_url(proc: subprocess.Popen, timeout: float = 60.0) -> str:
+    """The URL a server subprocess (stderr piped as text) reports it listens on, once /health says its model
+    is ready."""
+    for line in proc.stderr:
+        found = re.search(r"listening on (http://\S+)", line)
+        if found:
+            break
+    else:
+        raise AssertionError("the server exited without a 'listening on' line")
+    deadline = time.monotonic() + timeout
+    while httpx.get(found.group(1) + "/health", timeout=timeout).status_code != 200:
+        assert time.monotonic() < deadline, "the server's model did not become ready"
+        time.sleep(0.1)
+    return found.group(1)

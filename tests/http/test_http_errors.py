@@ -4,17 +4,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from http_harness import start_server
 
 from fim.errors import BadRequestError, QueueFullError
 from fim.http import ServerSettings
 from fim.http.sse import error_event
 from fim.service import CompletionService
+from tests.http.http_harness import start_server
+from tests.tiny import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def limited():
-    server = start_server(CompletionService("tiny:fim"), ServerSettings(max_body_bytes=2000, max_new_tokens=16,
+    server = start_server(CompletionService(tiny_checkpoint()), ServerSettings(max_body_bytes=2000, max_new_tokens=16,
                                                                         default_new_tokens=4))
     yield server
     server.stop()
@@ -86,7 +87,7 @@ def test_unknown_route_and_wrong_method(client):
 
 
 def test_model_loading_answers_503_with_retry_after():
-    server = start_server(CompletionService("tiny:fim"), ServerSettings(), start_service=False)
+    server = start_server(CompletionService(tiny_checkpoint()), ServerSettings(), start_service=False)
     try:
         with server.client() as c:
             r = c.get("/health")

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from http_harness import start_server
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from fim.http import ServerSettings, create_app
 from fim.service import CompletionService
+from tests.http.http_harness import start_server
+from tests.tiny import tiny_checkpoint
 
 EXAMPLES = 30  # per route and generation mode
 
 # The spec as the app publishes it at /openapi.json (built without a model: the routes do not need one).
-SCHEMA = schemathesis.openapi.from_dict(create_app(CompletionService("tiny:fim")).openapi())
+SCHEMA = schemathesis.openapi.from_dict(create_app(CompletionService(tiny_checkpoint())).openapi())
 OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())}
 # Invalid data exists only where there is input: the POST bodies.
 CASES = [(label, GenerationMode.POSITIVE) for label in sorted(OPERATIONS)] + \
@@ -29,7 +30,7 @@ CASES = [(label, GenerationMode.POSITIVE) for label in sorted(OPERATIONS)] + \
 @pytest.fixture(scope="module")
 def fuzz_server():
     # Small limits keep each generated completion short; bigger requests get their 413/422.
-    server = start_server(CompletionService("tiny:fim", max_queue=4),
+    server = start_server(CompletionService(tiny_checkpoint(), max_queue=4),
                           ServerSettings(max_new_tokens=4, default_new_tokens=2, max_body_bytes=4096))
     yield server
     server.stop()

@@ -10,10 +10,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from http_harness import API_KEY, LiveServer, start_server
 
 from fim.http import ServerSettings
 from fim.service import CompletionService
+from tests.http.http_harness import API_KEY, LiveServer, start_server
+from tests.tiny import tiny_checkpoint
 
 ALLOWED = "https://editor.example"
 INFILL = b'{"input_prefix": "a = ", "n_predict": 1}'
@@ -24,7 +25,7 @@ def guarded() -> Iterator[LiveServer]:
     """Short deadlines so the slow-client tests stay short."""
     settings = ServerSettings(default_new_tokens=2, header_timeout_s=1.0, body_timeout_s=1.0, keep_alive_s=1.0,
                               max_connections=48, allowed_origins=(ALLOWED,))
-    server = start_server(CompletionService("tiny:fim"), settings)
+    server = start_server(CompletionService(tiny_checkpoint()), settings)
     yield server
     server.stop()
 
@@ -199,7 +200,7 @@ def test_oversized_headers_are_refused(guarded):
 
 def test_connections_over_the_limit_get_503_until_idle_ones_are_dropped():
     settings = ServerSettings(header_timeout_s=1.0, max_connections=4)
-    server = start_server(CompletionService("tiny:fim"), settings)
+    server = start_server(CompletionService(tiny_checkpoint()), settings)
     idle = [socket.create_connection(_address(server), timeout=5) for _ in range(4)]
     try:
         time.sleep(0.1)

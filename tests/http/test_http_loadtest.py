@@ -6,6 +6,7 @@ import json
 import pytest
 
 from fim.http.loadtest import main, percentile
+from tests.tiny import tiny_checkpoint
 
 
 def _report(capsys) -> dict:
@@ -24,7 +25,7 @@ def test_loadtest_rejects_bad_arguments(capsys):
 
 
 def test_loadtest_with_a_tiny_engine(capsys):
-    code = main(["--model", "tiny:fim", "--clients", "3", "--duration", "4", "--n-predict", "4",
+    code = main(["--model", tiny_checkpoint(), "--clients", "3", "--duration", "4", "--n-predict", "4",
                  "--prefix-chars", "200", "--max-rss-mb", "2000", "--startup-timeout", "120"])
     report = _report(capsys)
     assert code == 0, report

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -14,13 +12,14 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from http_harness import API_KEY, start_server
 
 from fim.http import ServerSettings
 from fim.http.cli import main
 from fim.http.settings import is_loopback
 from fim.request import CompletionOptions, CompletionRequest
 from fim.service import CompletionService
+from tests.http.http_harness import API_KEY, serving, start_server
+from tests.tiny import tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # With this seed the tiny engine samples past 150 tokens after "x = [" (no end token, no block end), so the
@@ -65,7 +64,7 @@ CANCELLED = 'codegemma_completions_total{route="/infill",stop_reason="cancelled"
 @pytest.fixture(scope="module")
 def single():
     """A worker with room for one waiting request, and a high token limit for long generations."""
-    server = start_server(CompletionService("tiny:fim", max_queue=1), ServerSettings(max_new_tokens=5000))
+    server = start_server(CompletionService(tiny_checkpoint(), max_queue=1), ServerSettings(max_new_tokens=5000))
     yield server
     server.stop()
 
@@ -215,30 +214,12 @@ def _serve(*args: str) -> subprocess.Popen:
 
 
 def test_cli_serves_with_an_api_key_end_to_end():
-    proc = _serve("--port", "0", "--model", "tiny:fim", "--api-key", API_KEY, "--log-level", "warning")
-    try:
-        url = None
-        for line in proc.stderr:
-            found = re.search(r"listening on (http://\S+)", line)
-            if found:
-                url = found.group(1)
-                break
-        assert url, "no 'listening on' line"
-        with httpx.Client(base_url=url, timeout=60) as c:
-            deadline = time.monotonic() + 60
-            while c.get("/health").status_code != 200:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            assert c.post("/infill", json={"input_prefix": "x"}).status_code == 401
-            r = c.post("/infill", json={"input_prefix": "x", "n_predict": 2},
-                       headers={"Authorization": f"Bearer {API_KEY}"})
-            assert r.status_code == 200 and isinstance(r.json()["content"], str)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = _serve("--port", "0", "--model", tiny_checkpoint(), "--api-key", API_KEY, "--log-level", "warning")
+    with serving(proc) as url, httpx.Client(base_url=url, timeout=60) as c:
+        assert c.post("/infill", json={"input_prefix": "x"}).status_code == 401
+        r = c.post("/infill", json={"input_prefix": "x", "n_predict": 2},
+                   headers={"Authorization": f"Bearer {API_KEY}"})
+        assert r.status_code == 200 and isinstance(r.json()["content"], str)
 
 
 def test_cli_exits_when_the_model_cannot_load():

@@ -12,6 +12,7 @@ import codegemma
 from fim import CompletionOptions, CompletionRequest, FileContext, complete
 from lsp.client import LspClient, Pending
 from lsp.positions import UTF16, position_at
+from tests.tiny import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT_URI = "file:///work/project"
@@ -27,7 +28,7 @@ def server_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def start(model: str | None = "tiny:fim", options: dict | None = None, encodings=None, inline: bool = True,
+def start(model: str | None = tiny_checkpoint(), options: dict | None = None, encodings=None, inline: bool = True,
           wait_ready: bool = True) -> LspClient:
     """A server subprocess, initialized (and, by default, with its model loaded)."""
     client = LspClient(server_command(*(["--model", model] if model else [])), env=server_env(), cwd=str(REPO))
@@ -42,7 +43,7 @@ URI = f"{ROOT_URI}/pkg/a.py"
 
 @functools.cache
 def _engine():
-    return codegemma.load("tiny:fim")
+    return codegemma.load(tiny_checkpoint())
 
 
 def expected_text(text: str, cursor: int, path: str = "pkg/a.py", others: tuple[FileContext, ...] = ()) -> str:

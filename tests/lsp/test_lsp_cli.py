@@ -12,6 +12,7 @@ import pytest
 from lsp.cli import main
 from lsp.client import encode
 from tests.lsp.harness import REPO, server_command, server_env
+from tests.tiny import tiny_checkpoint
 
 
 def _free_port() -> int:
@@ -31,7 +32,7 @@ def _read_message(stream) -> dict:
 
 def test_tcp_server_answers_initialize_and_exits_after_shutdown():
     port = _free_port()
-    process = subprocess.Popen(server_command("--model", "tiny:fim", "--tcp", f"127.0.0.1:{port}"),
+    process = subprocess.Popen(server_command("--model", tiny_checkpoint(), "--tcp", f"127.0.0.1:{port}"),
                                env=server_env(), cwd=str(REPO), stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60

@@ -17,6 +17,7 @@ from lsp.client import REQUEST_CANCELLED, ResponseError
 from lsp.positions import UTF8, UTF16
 from tests.lsp.harness import (ROOT_URI, TEST_OPTIONS, URI, pos, assert_inline_matches, expected_text, inline,
                                opened, start)
+from tests.tiny import tiny_checkpoint
 
 def test_capabilities_advertise_inline_completion_and_incremental_sync(lsp_server):
     capabilities = lsp_server.server_capabilities
@@ -155,7 +156,7 @@ def test_a_model_that_cannot_load_is_reported_and_another_can_be_loaded():
         with opened(client, "x = "):
             assert inline(client, pos(0, 4)).result() == {"items": []}
             # A working model from the settings is loaded in the background, with its own progress.
-            client.notify("workspace/didChangeConfiguration", {"settings": {"model": "tiny:fim"}})
+            client.notify("workspace/didChangeConfiguration", {"settings": {"model": tiny_checkpoint()}})
             client.wait_for(lambda m: m["method"] == "$/progress" and m["params"]["value"]["kind"] == "end"
                             and "ready" in m["params"]["value"].get("message", ""))
             assert_inline_matches(inline(client, pos(0, 4)).result(), "x = ", 4)

@@ -18,6 +18,7 @@ from lsp.documents import DocumentError, Documents, OutOfStep
 from tests.lsp.harness import REPO, ROOT_URI, TEST_OPTIONS, URI, inline, opened, pos, server_command, server_env
 from tests.lsp.test_lsp_bad_input import _error_reply, still_serving
 from tests.lsp.test_lsp_cli import _free_port, _read_message
+from tests.tiny import tiny_checkpoint
 
 TOKEN = "lsp-token-0123456789"
 
@@ -85,7 +86,7 @@ def test_server_asks_for_a_resync_and_completes_nothing_on_stale_text(lsp_server
 
 
 def test_oversized_message_is_dropped_with_an_error_and_the_server_keeps_serving():
-    client = LspClient(server_command("--model", "tiny:fim", "--max-message-bytes", "100000"), env=server_env(),
+    client = LspClient(server_command("--model", tiny_checkpoint(), "--max-message-bytes", "100000"), env=server_env(),
                        cwd=str(REPO))
     try:
         client.initialize(ROOT_URI, TEST_OPTIONS, None, True)
@@ -123,7 +124,8 @@ def _initialize(options: dict) -> bytes:
 
 def test_tcp_token_refuses_other_clients_and_serves_the_right_one():
     port = _free_port()
-    process = subprocess.Popen(server_command("--model", "tiny:fim", "--tcp", f"127.0.0.1:{port}", "--token", TOKEN),
+    process = subprocess.Popen(server_command("--model", tiny_checkpoint(), "--tcp", f"127.0.0.1:{port}",
+                                              "--token", TOKEN),
                                env=server_env(), cwd=str(REPO), stderr=subprocess.PIPE)
     try:
         for options in ({}, {"token": "wrong"}):

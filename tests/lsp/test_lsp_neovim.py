@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from tests.lsp.harness import REPO, expected_text, server_command, server_env
+from tests.tiny import tiny_checkpoint
 
 
 def test_neovim_omnifunc_client(tmp_path):
@@ -21,7 +22,7 @@ def test_neovim_omnifunc_client(tmp_path):
     source.write_text("def area(side):\n    return \n")
     out = tmp_path / "seen.json"
     env = {**server_env(), "CODEGEMMA_REPO": str(REPO), "CODEGEMMA_FILE": str(source), "CODEGEMMA_OUT": str(out),
-           "CODEGEMMA_CMD": json.dumps(server_command("--model", "tiny:fim"))}
+           "CODEGEMMA_CMD": json.dumps(server_command("--model", tiny_checkpoint()))}
     run = subprocess.run(["nvim", "--headless", "-u", "NONE", "-c", f"luafile {REPO}/tests/lsp/nvim/omnifunc.lua"],
                          capture_output=True, text=True, timeout=240, env=env, cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr[-2000:]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.lsp.harness import REPO, expected_text, server_command, server_env
+from tests.tiny import tiny_checkpoint
 
 NODE_DIR = Path(__file__).parent / "node"
 
@@ -19,7 +20,7 @@ def test_vscode_languageserver_protocol_client():
         pytest.skip("node is not installed")
     assert (NODE_DIR / "node_modules" / "vscode-languageserver-protocol").is_dir(), \
         "run `npm ci --prefix tests/lsp/node` first"
-    run = subprocess.run(["node", str(NODE_DIR / "client.mjs"), *server_command("--model", "tiny:fim")],
+    run = subprocess.run(["node", str(NODE_DIR / "client.mjs"), *server_command("--model", tiny_checkpoint())],
                          capture_output=True, text=True, timeout=180, env=server_env(), cwd=str(REPO))
     assert run.returncode == 0, run.stderr[-2000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])

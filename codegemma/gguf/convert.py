@@ -16,8 +16,8 @@ from gguf.quants import dequantize
 
 from codegemma.config import GemmaConfig
 from codegemma.errors import CheckpointError
-from codegemma.gguf_format import GGUFFile, TensorInfo
-from codegemma.gguf_vocab import GGUFVocab, sentencepiece_model
+from codegemma.gguf.format import GGUFFile, TensorInfo
+from codegemma.gguf.vocab import GGUFVocab, sentencepiece_model
 
 _ARCHITECTURES = ("gemma", "gemma2", "gemma3")
 _FIM_TOKENS = ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_separator|>")

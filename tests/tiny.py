@@ -1,25 +1,32 @@
-"""Tiny random-weight engines for tests: the real architecture and a real SentencePiece tokenizer, small.
+"""Tiny random-weight models for tests: the real architecture and a real SentencePiece tokenizer, small.
 
-The tokenizer is trained once on a few standard-library modules (byte fallback, so any text encodes) and
-cached in a temp directory; a tiny engine then builds in milliseconds.
+In-process tests build a tiny engine directly (`tiny_engine`); tests that start a command or a server pass
+`--model tiny_checkpoint()`, a checkpoint directory the normal loader loads like any user's. The tokenizer
+is trained once on a few standard-library modules (byte fallback, so any text encodes) and cached in a temp
+directory; a tiny engine then builds in milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
+import functools
 import hashlib
 import io
+import json
 import json.encoder
 import os
+import shutil
 import tempfile
 import textwrap
 from pathlib import Path
 
 import sentencepiece as spm
 import torch
+from safetensors.torch import save_file
 
-from codegemma.config import GemmaConfig
+from codegemma.config import GemmaConfig, to_hf_config
 from codegemma.engine import Engine
 from codegemma.model import Transformer
 from codegemma.tokenizer import FIM_TOKENS, Tokenizer
@@ -80,3 +87,34 @@ def tiny_engine(fim: bool = True, arch: str = "gemma3", seed: int = 0, dtype: to
     model = random_model(tiny_config(arch, tokenizer.vocab_size, fim), seed, dtype)
     model.setup_cache(max_seq_len)
     return Engine(model, tokenizer, f"tiny-{arch}{'-fim' if fim else ''}")
+
+
+def write_checkpoint(directory: Path, cfg: GemmaConfig, seed: int = 0, shards: int = 1, fim: bool = True) -> Path:
+    """Write a Hugging Face checkpoint directory: config.json, (sharded) model safetensors with an index,
+    and tokenizer.model."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in random_model(cfg, seed).state_dict().items()}
+    (directory / "config.json").write_text(json.dumps(to_hf_config(cfg)))
+    (directory / "tokenizer.model").write_bytes(tiny_tokenizer_model(fim))
+    names = sorted(state)
+    if shards == 1:
+        save_file(state, str(directory / "model.safetensors"))
+        return directory
+    weight_map = {}
+    for i in range(shards):
+        part = names[i::shards]
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: state[k] for k in part}, str(directory / fname))
+        weight_map.update({k: fname for k in part})
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return directory
+
+
+@functools.cache
+def tiny_checkpoint() -> str:
+    """The path (as `--model` takes it) of the tiny FIM model as a checkpoint directory, written once per
+    test session and removed at exit, for the servers and commands tests start. Named like
+    `tiny_engine()`'s engine, since the loader names an engine after its directory."""
+    root = Path(tempfile.mkdtemp(prefix="codegemma-tiny-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return str(write_checkpoint(root / "tiny-gemma3-fim", tiny_config()))

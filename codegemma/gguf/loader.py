@@ -1,5 +1,7 @@
 """Load a Gemma GGUF file: fully into memory (`load_gguf`), or once into a cached checkpoint directory.
 
+By default a GGUF file runs in its own block formats (codegemma.gguf.native) and only its tokenizer is
+cached (`cached_tokenizer`). When a float copy is asked for explicitly (a dtype or int8),
 `gguf_cache_dir` dequantises the file on first use into a Hugging Face checkpoint directory
 (`model.safetensors` in float32, `config.json`, `tokenizer.model`) under `$CODEGEMMA_CACHE` or
 `~/.cache/codegemma/`, keyed by the GGUF's path, size and modification time. Later loads memory-map that
@@ -22,8 +24,9 @@ import torch
 
 from codegemma.config import GemmaConfig, to_hf_config
 from codegemma.errors import CodegemmaError, ModelNotFoundError
-from codegemma.gguf_convert import check_tensors, dequantize_tensor, dequantized_rows, gguf_config, tokenizer_model
-from codegemma.gguf_format import GGUFFile, read_gguf
+from codegemma.gguf.convert import check_tensors, dequantize_tensor, dequantized_rows, gguf_config, tokenizer_model
+from codegemma.gguf.format import GGUFFile, read_gguf
+from codegemma.tokenizer import Tokenizer
 
 CACHE_ENV = "CODEGEMMA_CACHE"
 # Bump when the cache layout or the conversion changes, so old caches are rebuilt rather than trusted.
@@ -58,17 +61,44 @@ def gguf_cache_dir(path: str | Path) -> Path:
     if not src.is_file():
         raise ModelNotFoundError(f"{src}: no such file")
     source = _source_record(src)
-    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
-    target = cache_root() / f"{src.stem}-{key}"
+    target = cache_root() / f"{src.stem}-{source_key(src)}"
     if _complete(target):
         return target
     _build(src, source, target)
     return target
 
 
+def source_key(path: Path) -> str:
+    """A key that changes when the file or directory at `path` (its resolved path, size, modification time)
+    or this cache layout does."""
+    return hashlib.sha256(json.dumps(_source_record(path), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_tokenizer(path: Path, f: GGUFFile) -> Tokenizer:
+    """The file's vocabulary as a SentencePiece tokenizer, rebuilt once and cached (5 MB for Gemma 3)."""
+    cached = cache_root() / "tokenizers" / f"{path.stem}-{source_key(path)}.model"
+    if cached.is_file():
+        try:
+            return Tokenizer.from_file(cached)
+        except CodegemmaError:  # damaged (a full disk, say): rebuilt below
+            cached.unlink(missing_ok=True)
+    model = tokenizer_model(f)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        _write(tmp, model)
+        os.replace(tmp, cached)  # atomic: a reader never sees half a file
+    except OSError:
+        pass  # a read-only cache only costs the rebuild next time
+    return Tokenizer.from_bytes(model, source=str(path))
+
+
 def _source_record(src: Path) -> dict:
     st = src.stat()
-    return {"path": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": _CACHE_VERSION}
+    record = {"path": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": _CACHE_VERSION}
+    if src.is_dir():  # a checkpoint directory: its files, which change without changing the directory's stat
+        record["files"] = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in src.iterdir() if f.is_file())
+    return record
 
 
 def _complete(d: Path) -> bool:

@@ -1,0 +1,134 @@
+"""Run a GGUF model in its own block formats: every projection computes over the memory-mapped file itself.
+
+Nothing is dequantized to disk or kept as a float copy: decoding and verification (up to kernels.MAX_ROWS
+rows) go through the native GGUF products, a prefill block dequantizes one tile of weight rows at a time
+into a reused float32 buffer and multiplies it with PyTorch, and the embedding lookup dequantizes the rows
+it needs. Norms (F32 in every Gemma file) are the only tensors read into memory. The small things worth
+caching (the SentencePiece model rebuilt from the vocabulary, 0.4 s for 262k tokens) are cached.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType
+from torch import Tensor, nn
+
+from codegemma import kernels
+from codegemma.checkpoint import empty_model
+from codegemma.errors import CheckpointError
+from codegemma.gguf.convert import check_tensors, dequantize_tensor, gguf_config
+from codegemma.gguf.format import TensorInfo, read_gguf
+from codegemma.gguf.loader import cached_tokenizer
+from codegemma.linear import NativeLinear
+from codegemma.model import Transformer
+from codegemma.tokenizer import Tokenizer
+
+TILE_ELEMENTS = 1 << 23  # weights dequantized at a time for a prefill product: a 32 MB float32 buffer
+_scratch = threading.local()
+
+
+def native_formats() -> frozenset[str]:
+    """The GGUF formats the native products compute with."""
+    return frozenset(kernels.GGUF_TYPES)
+
+
+class GGUFLinear(NativeLinear):
+    """y = x . concat(W_0, ..., W_n)^T for GGUF matrices [N_i, K] in their block formats (raw bytes)."""
+
+    def __init__(self, mats: list[Tensor], qtypes: list[GGMLQuantizationType], k: int):
+        super().__init__()
+        self.mats, self.qtypes, self.k = mats, qtypes, k
+        self.native = kernels.GGUFWeights(mats, [int(t) for t in qtypes], k)
+
+    def stored(self) -> list[tuple[Tensor, str]]:
+        """The raw matrices with their formats (weights that are neither parameters nor buffers)."""
+        return [(m, t.name) for m, t in zip(self.mats, self.qtypes)]
+
+    def torch_product(self, x: Tensor) -> Tensor:
+        """Many rows (a prefill block): each tile of weight rows dequantized once into a reused buffer."""
+        x2 = x.reshape(-1, self.k).float()
+        outs = []
+        for m, t in zip(self.mats, self.qtypes):
+            n = m.shape[0]
+            step = max(1, TILE_ELEMENTS // self.k)
+            for first in range(0, n, step):
+                rows = min(step, n - first)
+                w = kernels.gguf_dequantize(m, int(t), self.k, first, rows, _buffer(rows * self.k).view(rows, self.k))
+                outs.append(F.linear(x2, w))  # computed before the next tile reuses the buffer
+        y = torch.cat(outs, -1) if len(outs) > 1 else outs[0]
+        return y.to(x.dtype).view(*x.shape[:-1], -1)
+
+
+class GGUFEmbedding(nn.Module):
+    """The token embedding in its GGUF format: a lookup dequantizes the rows it needs."""
+
+    def __init__(self, raw: Tensor, qtype: GGMLQuantizationType, dim: int):
+        super().__init__()
+        self.raw, self.qtype, self.dim = raw, qtype, dim
+
+    def stored(self) -> list[tuple[Tensor, str]]:
+        return [(self.raw, self.qtype.name)]
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        flat = tokens.reshape(-1).tolist()
+        out = torch.empty(len(flat), self.dim)
+        for i, token in enumerate(flat):
+            kernels.gguf_dequantize(self.raw, int(self.qtype), self.dim, token, 1, out[i:i + 1])
+        return out.view(*tokens.shape, self.dim)
+
+
+def _buffer(n: int) -> Tensor:
+    """A float32 buffer of at least n elements, reused by this thread (fresh pages per call cost as much as
+    the dequantization)."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):  # a normal tensor: inference tensors refuse updates outside that mode
+            buf = _scratch.buf = torch.empty(n)
+    return buf[:n]
+
+
+def load_native(path: Path) -> tuple[Transformer, Tokenizer]:
+    """The model of a GGUF file over its own blocks (float32 activations), and its tokenizer."""
+    f = read_gguf(path)
+    config = gguf_config(f)
+    names = check_tensors(f, config)
+    unsupported = sorted({i.qtype.name for i in f.tensors if len(i.shape) == 2} - native_formats())
+    if unsupported:
+        raise CheckpointError(f"{path}: {', '.join(unsupported)} weights have no native product")
+    tokenizer = cached_tokenizer(path, f)
+    config = config.replace(fim_tokens=tokenizer.has_fim,
+                            n_tokens=tokenizer.vocab_size if tokenizer.vocab_size < config.vocab_size else None)
+    by_name = dict(zip(names, f.tensors))
+    # copy-on-write: a writable view for torch, whose pages stay the file's (nothing ever writes to them)
+    data = np.memmap(path, dtype=np.uint8, mode="c")
+
+    def raw(name: str) -> tuple[Tensor, TensorInfo]:
+        info = by_name[name]
+        return torch.from_numpy(data[info.offset:info.offset + info.n_bytes].reshape(info.shape[0], -1)), info
+
+    def linear(*suffixes: str, prefix: str) -> GGUFLinear:
+        pairs = [raw(prefix + s + ".weight") for s in suffixes]
+        return GGUFLinear([t for t, _ in pairs], [i.qtype for _, i in pairs], pairs[0][1].shape[1])
+
+    with empty_model():
+        model = Transformer(config)
+    for name, info in by_name.items():
+        if len(info.shape) == 1:  # the norms
+            module = model.get_submodule(name.removesuffix(".weight"))
+            module.weight = nn.Parameter(dequantize_tensor(f, info), requires_grad=False)
+    for i, layer in enumerate(model.model.layers):
+        attn, mlp, p = layer.self_attn, layer.mlp, f"model.layers.{i}."
+        attn.qkv = linear("q_proj", "k_proj", "v_proj", prefix=p + "self_attn.")
+        attn.o_proj = linear("o_proj", prefix=p + "self_attn.")
+        mlp.gate_up = linear("gate_proj", "up_proj", prefix=p + "mlp.")
+        mlp.down_proj = linear("down_proj", prefix=p + "mlp.")
+        del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
+    embed, info = raw("model.embed_tokens.weight")
+    model.model.embed_tokens = GGUFEmbedding(embed, info.qtype, config.d_model)
+    model.lm_head = GGUFLinear([embed], [info.qtype], config.d_model)
+    return model.eval().requires_grad_(False), tokenizer

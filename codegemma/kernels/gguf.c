@@ -1,0 +1,460 @@
+/* Products with weights in GGUF's own block formats, computed where the weights lie (memory-mapped from the
+ * .gguf file): Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, and the float types F32, F16, BF16.
+ *
+ * Why: a decode step reads every weight once, so bytes read per token set its speed. The embedded Gemma 3
+ * 270M file reads ~247 MB per step in its own blocks against 536 MB as bfloat16, and a float copy of a
+ * CodeGemma 7B Q4_K_M file would not fit most laptops at all.
+ *
+ * How: a weight row is a run of 32-weight units. Each unit decodes to 32 small integers (int16), a float
+ * multiplier d and a float offset m, so that weight[i] = d * q[i] + m (K-quant sub-block scales are folded
+ * into d and m, Q6_K's 16-weight scales into q). Each input row is prepared once per call as int16 fixed
+ * point with one float scale per unit, plus the unit's float sum for the offsets. A unit then contributes
+ * d * sx * dot(q, xq) + m * sum(x), the integer dot 32 products at a time (vpmaddwd), the float ones as
+ * products in float32. Float weights (F32, F16, BF16) multiply the float input directly.
+ *
+ * Every output is computed the same way whatever the number of input rows (1 to 16): the rows share the
+ * decoding of each unit, not any arithmetic, so speculative verification and batching give bit-identical
+ * results to decoding one token at a time.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "numerics.h"
+
+/* ggml's type ids, as GGUF files store them */
+enum { G_F32 = 0, G_F16 = 1, G_Q4_0 = 2, G_Q4_1 = 3, G_Q5_0 = 6, G_Q5_1 = 7, G_Q8_0 = 8, G_Q4_K = 12, G_Q5_K = 13,
+       G_Q6_K = 14, G_BF16 = 30 };
+enum { UNIT = 32, SUPER = 256, MAX_M = 16 };
+
+static inline float half_to_f32(uint16_t h) {
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    if (exp == 0) {
+        float f = ldexpf((float)man, -24); /* zero or subnormal */
+        return sign ? -f : f;
+    }
+    u = exp == 31 ? sign | 0x7f800000u | (man << 13) : sign | ((exp + 112) << 23) | (man << 13);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t rd32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+
+/* bytes per block and weights per block of each type; 0 for a type this file does not know */
+static int block_bytes(int type) {
+    switch (type) {
+    case G_F32: return 4; case G_F16: return 2; case G_BF16: return 2;
+    case G_Q8_0: return 34; case G_Q4_0: return 18; case G_Q4_1: return 20; case G_Q5_0: return 22;
+    case G_Q5_1: return 24; case G_Q4_K: return 144; case G_Q5_K: return 176; case G_Q6_K: return 210;
+    default: return 0;
+    }
+}
+static int block_weights(int type) {
+    switch (type) {
+    case G_F32: case G_F16: case G_BF16: return 1;
+    case G_Q4_K: case G_Q5_K: case G_Q6_K: return SUPER;
+    default: return UNIT;
+    }
+}
+static inline int is_float(int type) { return type == G_F32 || type == G_F16 || type == G_BF16; }
+static inline int has_offsets(int type) { return type == G_Q4_1 || type == G_Q5_1 || type == G_Q4_K || type == G_Q5_K; }
+
+/* bytes of one row of K weights; -1 when K does not fit the type's blocks */
+int64_t cg_row_bytes(int type, int64_t K) {
+    int bw = block_weights(type), bb = block_bytes(type);
+    if (!bb || K % bw || K % UNIT) return -1;
+    return K / bw * bb;
+}
+
+/* K-quant 6-bit scale and min j of 8, packed in 12 bytes as ggml's get_scale_min_k4 reads them */
+static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *mn) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *mn = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* Unit u (32 weights) of a quantized row as q[32], d and m: weight = d * q + m. */
+static void unit_scalar(int type, const uint8_t *row, int64_t u, int16_t *q, float *d, float *m) {
+    *m = 0.0f;
+    switch (type) {
+    case G_Q8_0: {
+        const uint8_t *b = row + u * 34;
+        *d = half_to_f32(rd16(b));
+        for (int i = 0; i < 32; i++) q[i] = (int8_t)b[2 + i];
+        return;
+    }
+    case G_Q4_0: case G_Q4_1: {
+        int has_m = type == G_Q4_1;
+        const uint8_t *b = row + u * (has_m ? 20 : 18), *qs = b + (has_m ? 4 : 2);
+        *d = half_to_f32(rd16(b));
+        if (has_m) *m = half_to_f32(rd16(b + 2));
+        for (int i = 0; i < 16; i++) {
+            q[i] = (int16_t)((qs[i] & 0xF) - (has_m ? 0 : 8));
+            q[i + 16] = (int16_t)((qs[i] >> 4) - (has_m ? 0 : 8));
+        }
+        return;
+    }
+    case G_Q5_0: case G_Q5_1: {
+        int has_m = type == G_Q5_1;
+        const uint8_t *b = row + u * (has_m ? 24 : 22), *hb = b + (has_m ? 4 : 2), *qs = hb + 4;
+        *d = half_to_f32(rd16(b));
+        if (has_m) *m = half_to_f32(rd16(b + 2));
+        uint32_t qh = rd32(hb);
+        for (int i = 0; i < 16; i++) {
+            int lo = (qs[i] & 0xF) | (((qh >> i) & 1) << 4), hi = (qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
+            q[i] = (int16_t)(lo - (has_m ? 0 : 16));
+            q[i + 16] = (int16_t)(hi - (has_m ? 0 : 16));
+        }
+        return;
+    }
+    case G_Q4_K: case G_Q5_K: {
+        int five = type == G_Q5_K;
+        const uint8_t *b = row + (u / 8) * (five ? 176 : 144);
+        int j = (int)(u % 8), sc, mn;
+        scale_min_k4(j, b + 4, &sc, &mn);
+        *d = half_to_f32(rd16(b)) * sc;
+        *m = -half_to_f32(rd16(b + 2)) * mn;
+        const uint8_t *qh = b + 16, *qs = b + (five ? 48 : 16) + 32 * (j / 2);
+        for (int i = 0; i < 32; i++) {
+            int v = j & 1 ? qs[i] >> 4 : qs[i] & 0xF;
+            if (five) v |= ((qh[i] >> j) & 1) << 4;
+            q[i] = (int16_t)v;
+        }
+        return;
+    }
+    case G_Q6_K: {
+        const uint8_t *b = row + (u / 8) * 210;
+        int j = (int)(u % 8), n = j / 4, t = j % 4;
+        const uint8_t *ql = b + 64 * n + 32 * (t & 1), *qh = b + 128 + 32 * n;
+        const int8_t *sc = (const int8_t *)(b + 192) + 8 * n + 2 * t;
+        *d = half_to_f32(rd16(b + 208));
+        for (int i = 0; i < 32; i++) {
+            int v = (t >= 2 ? ql[i] >> 4 : ql[i] & 0xF) | (((qh[i] >> (2 * t)) & 3) << 4);
+            q[i] = (int16_t)((v - 32) * sc[i / 16]);
+        }
+        return;
+    }
+    }
+}
+
+/* Unit u of a float row as 32 floats */
+static void unit_float_scalar(int type, const uint8_t *row, int64_t u, float *w) {
+    for (int i = 0; i < 32; i++) {
+        int64_t k = u * 32 + i;
+        w[i] = type == G_F32 ? ((const float *)row)[k]
+             : type == G_F16 ? half_to_f32(((const uint16_t *)row)[k]) : bf16_to_f32(((const uint16_t *)row)[k]);
+    }
+}
+
+/* An input row prepared for the products: float, int16 fixed point per unit with its scale, unit sums. */
+typedef struct {
+    const float *xf; /* [K] */
+    int16_t *xq;     /* [K] */
+    float *sx;       /* [K / 32] xf ~= xq * sx */
+    float *xs;       /* [K / 32] sum of xf over the unit */
+} xprep;
+
+static void prepare_row(xprep *x, int64_t K) {
+    for (int64_t u = 0; u < K / UNIT; u++) {
+        const float *v = x->xf + u * UNIT;
+        float mx = 0.0f, sum = 0.0f;
+        for (int i = 0; i < UNIT; i++) {
+            mx = fmaxf(mx, fabsf(v[i]));
+            sum += v[i];
+        }
+        float inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
+        x->sx[u] = mx / 32767.0f;
+        x->xs[u] = sum;
+        for (int i = 0; i < UNIT; i++) x->xq[u * UNIT + i] = (int16_t)lrintf(v[i] * inv);
+    }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define GGUF_SIMD 1
+/* 32 unsigned bytes -> 32 int16 lanes */
+static inline __m512i widen_u8(__m256i v) { return _mm512_cvtepu8_epi16(v); }
+static inline __m256i nibbles16(const uint8_t *qs) { /* 16 bytes of nibbles: low ones first, then high ones */
+    __m128i v = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(0xF);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, m)),
+                                   _mm_and_si128(_mm_srli_epi16(v, 4), m), 1);
+}
+
+/* the SIMD twin of unit_scalar: q as 32 int16 lanes */
+static inline __attribute__((always_inline)) __m512i unit_simd(int type, const uint8_t *row, int64_t u, float *d,
+                                                               float *m) {
+    *m = 0.0f;
+    switch (type) {
+    case G_Q8_0: {
+        const uint8_t *b = row + u * 34;
+        *d = half_to_f32(rd16(b));
+        return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b + 2)));
+    }
+    case G_Q4_0: {
+        const uint8_t *b = row + u * 18;
+        *d = half_to_f32(rd16(b));
+        return _mm512_sub_epi16(widen_u8(nibbles16(b + 2)), _mm512_set1_epi16(8));
+    }
+    case G_Q4_1: {
+        const uint8_t *b = row + u * 20;
+        *d = half_to_f32(rd16(b));
+        *m = half_to_f32(rd16(b + 2));
+        return widen_u8(nibbles16(b + 4));
+    }
+    case G_Q5_0: case G_Q5_1: {
+        int has_m = type == G_Q5_1;
+        const uint8_t *b = row + u * (has_m ? 24 : 22), *hb = b + (has_m ? 4 : 2);
+        *d = half_to_f32(rd16(b));
+        if (has_m) *m = half_to_f32(rd16(b + 2));
+        __m256i v = _mm256_or_si256(nibbles16(hb + 4), _mm256_maskz_mov_epi8(rd32(hb), _mm256_set1_epi8(0x10)));
+        __m512i q = widen_u8(v);
+        return has_m ? q : _mm512_sub_epi16(q, _mm512_set1_epi16(16));
+    }
+    case G_Q4_K: case G_Q5_K: {
+        int five = type == G_Q5_K;
+        const uint8_t *b = row + (u / 8) * (five ? 176 : 144);
+        int j = (int)(u % 8), sc, mn;
+        scale_min_k4(j, b + 4, &sc, &mn);
+        *d = half_to_f32(rd16(b)) * sc;
+        *m = -half_to_f32(rd16(b + 2)) * mn;
+        const __m256i low = _mm256_set1_epi8(0xF);
+        __m256i v = _mm256_loadu_si256((const __m256i *)(b + (five ? 48 : 16) + 32 * (j / 2)));
+        v = _mm256_and_si256(j & 1 ? _mm256_srli_epi16(v, 4) : v, low);
+        if (five) {
+            __m256i h = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 16)), j);
+            v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(1)), 4));
+        }
+        return widen_u8(v);
+    }
+    case G_Q6_K: {
+        const uint8_t *b = row + (u / 8) * 210;
+        int j = (int)(u % 8), n = j / 4, t = j % 4;
+        const int8_t *sc = (const int8_t *)(b + 192) + 8 * n + 2 * t;
+        *d = half_to_f32(rd16(b + 208));
+        __m256i l = _mm256_loadu_si256((const __m256i *)(b + 64 * n + 32 * (t & 1)));
+        l = _mm256_and_si256(t >= 2 ? _mm256_srli_epi16(l, 4) : l, _mm256_set1_epi8(0xF));
+        __m256i h = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n)), 2 * t);
+        h = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(3)), 4);
+        __m512i q = _mm512_sub_epi16(widen_u8(_mm256_or_si256(l, h)), _mm512_set1_epi16(32));
+        __m512i s = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(sc[0]), _mm512_set1_epi16(sc[1]));
+        return _mm512_mullo_epi16(q, s);
+    }
+    }
+    return _mm512_setzero_si512();
+}
+
+static inline __attribute__((always_inline)) void unit_float_simd(int type, const uint8_t *row, int64_t u,
+                                                                  __m512 *w0, __m512 *w1) {
+    if (type == G_F32) {
+        const float *p = (const float *)row + u * 32;
+        *w0 = _mm512_loadu_ps(p);
+        *w1 = _mm512_loadu_ps(p + 16);
+    } else if (type == G_F16) {
+        const uint16_t *p = (const uint16_t *)row + u * 32;
+        *w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+        *w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16)));
+    } else {
+        const uint16_t *p = (const uint16_t *)row + u * 32;
+        *w0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+        *w1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 16))), 16));
+    }
+}
+
+/* out[m] = row . x[m] for M prepared rows; always inlined, so the call with M = 1 gets its own loop. Each
+ * input row keeps two accumulators, for even and odd units: one would make every unit wait for the
+ * previous unit's multiply-add (4 cycles), which with one input row costs more than reading the weights. */
+static inline __attribute__((always_inline)) void row_products(int type, const uint8_t *row, int64_t K,
+                                                               const xprep *x, int M, float *out) {
+    __m512 acc[MAX_M][2];
+    float msum[MAX_M];
+    for (int r = 0; r < M; r++) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        msum[r] = 0.0f;
+    }
+    int64_t units = K / UNIT;
+    if (is_float(type)) {
+        for (int64_t u = 0; u < units; u++) {
+            __m512 w0, w1;
+            unit_float_simd(type, row, u, &w0, &w1);
+            for (int r = 0; r < M; r++) {
+                acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[r].xf + u * UNIT), acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r].xf + u * UNIT + 16), acc[r][1]);
+            }
+        }
+    } else {
+        int64_t bytes = cg_row_bytes(type, K);
+        for (int64_t u = 0; u < units; u++) {
+            float d, m;
+            /* one line of the next row per unit: the rows of a thread follow each other in memory */
+            if (u * 64 < bytes) _mm_prefetch((const char *)row + bytes + u * 64, _MM_HINT_T0);
+            __m512i q = unit_simd(type, row, u, &d, &m);
+            for (int r = 0; r < M; r++) {
+                __m512i p = _mm512_madd_epi16(q, _mm512_loadu_si512((const void *)(x[r].xq + u * UNIT)));
+                acc[r][u & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(d * x[r].sx[u]), acc[r][u & 1]);
+                if (has_offsets(type)) msum[r] += m * x[r].xs[u];
+            }
+        }
+    }
+    for (int r = 0; r < M; r++) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1])) + msum[r];
+}
+#else
+static inline __attribute__((always_inline)) void row_products(int type, const uint8_t *row, int64_t K,
+                                                               const xprep *x, int M, float *out) {
+    float acc[MAX_M], msum[MAX_M];
+    for (int r = 0; r < M; r++) acc[r] = msum[r] = 0.0f;
+    int16_t q[UNIT];
+    float w[UNIT];
+    for (int64_t u = 0; u < K / UNIT; u++) {
+        if (is_float(type)) {
+            unit_float_scalar(type, row, u, w);
+            for (int r = 0; r < M; r++)
+                for (int i = 0; i < UNIT; i++) acc[r] += w[i] * x[r].xf[u * UNIT + i];
+            continue;
+        }
+        float d, m;
+        unit_scalar(type, row, u, q, &d, &m);
+        for (int r = 0; r < M; r++) {
+            int32_t dot = 0;
+            for (int i = 0; i < UNIT; i++) dot += (int32_t)q[i] * x[r].xq[u * UNIT + i];
+            acc[r] += (float)dot * (d * x[r].sx[u]);
+            if (has_offsets(type)) msum[r] += m * x[r].xs[u];
+        }
+    }
+    for (int r = 0; r < M; r++) out[r] = acc[r] + msum[r];
+}
+#endif
+
+/* row_products compiled once per type (the type a constant, so each gets its own decoding loop, and the
+ * offset sums only where the format has offsets), and once more for one input row */
+typedef void (*rows_fn)(const uint8_t *row, int64_t K, const xprep *x, int M, float *out);
+#define ROWS_FOR(T)                                                                                     \
+    static void rows_##T(const uint8_t *row, int64_t K, const xprep *x, int M, float *out) {           \
+        if (M == 1)                                                                                     \
+            row_products(T, row, K, x, 1, out);                                                         \
+        else                                                                                            \
+            row_products(T, row, K, x, M, out);                                                         \
+    }
+ROWS_FOR(G_F32)
+ROWS_FOR(G_F16)
+ROWS_FOR(G_BF16)
+ROWS_FOR(G_Q8_0)
+ROWS_FOR(G_Q4_0)
+ROWS_FOR(G_Q4_1)
+ROWS_FOR(G_Q5_0)
+ROWS_FOR(G_Q5_1)
+ROWS_FOR(G_Q4_K)
+ROWS_FOR(G_Q5_K)
+ROWS_FOR(G_Q6_K)
+
+static rows_fn rows_for(int type) {
+    switch (type) {
+    case G_F32: return rows_G_F32; case G_F16: return rows_G_F16; case G_BF16: return rows_G_BF16;
+    case G_Q8_0: return rows_G_Q8_0; case G_Q4_0: return rows_G_Q4_0; case G_Q4_1: return rows_G_Q4_1;
+    case G_Q5_0: return rows_G_Q5_0; case G_Q5_1: return rows_G_Q5_1; case G_Q4_K: return rows_G_Q4_K;
+    case G_Q5_K: return rows_G_Q5_K; case G_Q6_K: return rows_G_Q6_K;
+    default: return NULL;
+    }
+}
+
+static inline float round_to(float v, int bf16) { return bf16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
+
+/* y[M, sum(Ns)] = x[M, K] . concat(W_0, ..., W_{n_w-1})^T with W_i [Ns[i], K] in GGUF type types[i] (rows
+ * row-major as the file stores them). x is float32 (x_bf16 = 0) or bfloat16, rows x_stride elements apart;
+ * y is float32 or bfloat16 (y_bf16). With glu the first half of the outputs is a gate and the second its
+ * values: y [M, N / 2] = gelu_tanh(gate) * up, rounded to y's type after each step as PyTorch would.
+ * Returns 0, -1 out of memory, -2 a type or K the kernels do not take, -3 more than 16 rows. */
+int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64_t *Ns, const void *x, int x_bf16,
+                   int64_t x_stride, void *y, int y_bf16, int M, int64_t K, int glu) {
+    if (M < 1 || M > MAX_M) return -3;
+    int64_t N = 0;
+    for (int i = 0; i < n_w; i++) {
+        if (cg_row_bytes(types[i], K) < 0) return -2;
+        N += Ns[i];
+    }
+    int units = (int)(K / UNIT);
+    size_t per_row = (size_t)K * 2 + (size_t)K / 2 + 2 * (size_t)units; /* floats: xf, xq (halves), sx, xs */
+    float *buf = (float *)malloc(sizeof(float) * per_row * M);
+    float *yf = !y_bf16 && !glu ? (float *)y : (float *)malloc(sizeof(float) * (size_t)M * N);
+    xprep xs[MAX_M];
+    int failed = !buf || !yf;
+    if (failed) goto done;
+    for (int r = 0; r < M; r++) {
+        float *xf = buf + per_row * r;
+        for (int64_t k = 0; k < K; k++)
+            xf[k] = x_bf16 ? bf16_to_f32(((const uint16_t *)x)[r * x_stride + k]) : ((const float *)x)[r * x_stride + k];
+        xs[r].xf = xf;
+        xs[r].xq = (int16_t *)(xf + K);
+        xs[r].sx = xf + K + K / 2;
+        xs[r].xs = xs[r].sx + units;
+        prepare_row(&xs[r], K);
+    }
+#pragma omp parallel
+    {
+        int64_t offset = 0;
+        float out[MAX_M];
+        for (int i = 0; i < n_w; i++) {
+            int64_t bytes = cg_row_bytes(types[i], K);
+            rows_fn rows = rows_for(types[i]);
+#pragma omp for schedule(static) nowait
+            for (int64_t n = 0; n < Ns[i]; n++) {
+                rows((const uint8_t *)Ws[i] + n * bytes, K, xs, M, out);
+                for (int r = 0; r < M; r++) yf[(size_t)r * N + offset + n] = out[r];
+            }
+            offset += Ns[i];
+        }
+    }
+    if (glu) {
+        int64_t half = N / 2;
+        for (int64_t j = 0; j < (int64_t)M * half; j++) {
+            int64_t r = j / half, n = j % half;
+            float g = round_to(yf[r * N + n], y_bf16), u = round_to(yf[r * N + half + n], y_bf16);
+            float v = round_to(gelu_tanh(g), y_bf16) * u;
+            if (y_bf16)
+                ((uint16_t *)y)[j] = f32_to_bf16(v);
+            else
+                ((float *)y)[j] = v;
+        }
+    } else if (yf != y) {
+        for (size_t j = 0; j < (size_t)M * N; j++) ((uint16_t *)y)[j] = f32_to_bf16(yf[j]);
+    }
+done:
+    if (yf != y) free(yf);
+    free(buf);
+    return failed ? -1 : 0;
+}
+
+/* Rows [first, first + n) of a matrix [*, K] in GGUF type `type`, dequantized into out [n, K] float32 (for
+ * prefill products and embedding lookups). Returns 0, or -2 for a type or K the kernels do not take. */
+int cg_gguf_dequantize(const void *W, int type, int64_t K, int64_t first, int64_t n, float *out) {
+    int64_t bytes = cg_row_bytes(type, K);
+    if (bytes < 0) return -2;
+#pragma omp parallel for schedule(static) if (n * K > 65536)
+    for (int64_t r = 0; r < n; r++) {
+        const uint8_t *row = (const uint8_t *)W + (first + r) * bytes;
+        float *o = out + r * K;
+        int16_t q[UNIT];
+        for (int64_t u = 0; u < K / UNIT; u++) {
+            if (is_float(type)) {
+                unit_float_scalar(type, row, u, o + u * UNIT);
+                continue;
+            }
+            float d, m;
+            unit_scalar(type, row, u, q, &d, &m);
+            for (int i = 0; i < UNIT; i++) o[u * UNIT + i] = d * q[i] + m;
+        }
+    }
+    return 0;
+}
