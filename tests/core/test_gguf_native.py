@@ -17,8 +17,8 @@ import codegemma
 from codegemma import kernels
 from codegemma.errors import CheckpointError
 from codegemma.gguf.native import GGUFLinear
-from test_gguf_kernels import random_blocks
-from test_gguf_loader import PIECES, SPECIALS, TOKENS
+from tests.core.test_gguf_kernels import random_blocks
+from tests.core.test_gguf_loader import PIECES, SPECIALS, TOKENS
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="native kernels unavailable: "
                                 + kernels.unavailable_reason())

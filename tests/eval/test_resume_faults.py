@@ -22,15 +22,14 @@ from eval.runner import RESULTS, Run, Settings, read_results
 from tests.tiny import tiny_checkpoint
 
 KILLS = 20
-COMMAND = ["eval", "--dataset", "humaneval,infill-single", "--limit", "5", "--n", "10",
+COMMAND = ["eval", "--model", tiny_checkpoint(), "--dataset", "humaneval,infill-single", "--limit", "5", "--n", "10",
            "--max-tokens", "4", "--timeout", "3", "--workers", "2"]
 KEPT = ("completion", "passed", "result", "exact_match")
 
 
 def _eval(out, data_dir) -> subprocess.Popen:
     env = {**os.environ, "CODEGEMMA_DATA": str(data_dir)}
-    return subprocess.Popen([sys.executable, "-m", "codegemma.cli", *COMMAND, "--model", tiny_checkpoint(),
-                             "--out", str(out)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "codegemma.cli", *COMMAND, "--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 

@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from http_harness import API_KEY, LiveServer, start_server
 
 from fim.http import ServerSettings
 from fim.service import CompletionService
-from tests.http.http_harness import API_KEY, LiveServer, start_server
 from tests.tiny import tiny_checkpoint
 
 ALLOWED = "https://editor.example"

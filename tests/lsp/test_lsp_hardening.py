@@ -124,8 +124,7 @@ def _initialize(options: dict) -> bytes:
 
 def test_tcp_token_refuses_other_clients_and_serves_the_right_one():
     port = _free_port()
-    process = subprocess.Popen(server_command("--model", tiny_checkpoint(), "--tcp", f"127.0.0.1:{port}",
-                                              "--token", TOKEN),
+    process = subprocess.Popen(server_command("--model", tiny_checkpoint(), "--tcp", f"127.0.0.1:{port}", "--token", TOKEN),
                                env=server_env(), cwd=str(REPO), stderr=subprocess.PIPE)
     try:
         for options in ({}, {"token": "wrong"}):
