@@ -128,6 +128,7 @@ def _quantize_cached(net: Transformer, source: Path, dtype: torch.dtype) -> None
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            _fsync(tmp)
             os.replace(tmp, path)  # atomic: a reader never sees half a file
         except OSError:
             pass  # a read-only cache only costs the quantization next time
@@ -169,7 +170,7 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
-def _load_gguf(path: Path, dtype: torch.dtype):
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Transformer, Tokenizer]:
     """Load a GGUF file through its checkpoint cache; a cache directory that cannot be read (a truncated or
     damaged file) is removed and rebuilt once, with a one-line notice on stderr."""
     from codegemma.gguf.loader import gguf_cache_dir

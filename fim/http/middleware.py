@@ -182,7 +182,8 @@ class OriginMiddleware:
         if listed and scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
             await send({"type": "http.response.start", "status": 204, "headers": [
                 *cors, (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                (b"access-control-allow-headers", b"Authorization, Content-Type"), (b"access-control-max-age", b"600")]})
+                (b"access-control-allow-headers", b"Authorization, Content-Type"),
+                (b"access-control-max-age", b"600")]})
             await send({"type": "http.response.body", "body": b""})
             return
 

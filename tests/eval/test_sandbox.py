@@ -24,8 +24,7 @@ from eval.datasets import load_tasks
 from eval.errors import SandboxError
 from eval.sandbox import Limits, Sandbox
 
-sys.path.insert(0, str(Path(__file__).parent))
-from hostile_harness import unprivileged_command  # noqa: E402
+from tests.eval.hostile_harness import unprivileged_command
 
 SECRET = "codegemma-fake-secret-7f3a9"
 LIMITS = {"timeout_s": 2.0, "memory_mb": 512, "disk_mb": 32}
@@ -70,7 +69,8 @@ def hostile_samples(area: dict) -> dict[str, str]:
         "write to /tmp": f"open({area['shared_tmp']!r}, 'w').write('escaped')\n",
         "delete outside": f"import os\nos.remove({victim!r})\n",
         "rmtree outside": f"import shutil\nshutil.rmtree({os.path.dirname(victim)!r})\n",
-        "network": f"import socket\nsocket.create_connection(('127.0.0.1', {area['port']}), timeout=1).sendall(b'hi')\n",
+        "network": (f"import socket\nsocket.create_connection(('127.0.0.1', {area['port']}), timeout=1)"
+                    ".sendall(b'hi')\n"),
         "host unix socket": ("import socket\ns = socket.socket(socket.AF_UNIX)\n"
                              f"s.connect({area['unix']!r})\ns.sendall(b'hi')\n"),
         "exit(0) before tests": "import sys\nsys.exit(0)\n",
@@ -101,7 +101,8 @@ def hostile_samples(area: dict) -> dict[str, str]:
             f"import os\nfd = os.open({os.path.dirname(target)!r}, os.O_RDONLY)\n"
             f"os.close(os.open({os.path.basename(target)!r}, os.O_WRONLY | os.O_CREAT, 0o666, dir_fd=fd))\n"),
         "delete through dir_fd": (
-            f"import os\nos.remove({os.path.basename(victim)!r}, dir_fd=os.open({os.path.dirname(victim)!r}, os.O_RDONLY))\n"),
+            f"import os\nfd = os.open({os.path.dirname(victim)!r}, os.O_RDONLY)\n"
+            f"os.remove({os.path.basename(victim)!r}, dir_fd=fd)\n"),
         "symlink outside": f"import os\nos.symlink('/etc/passwd', {target!r})\n",
         "hard link, then write": f"import os\nos.link({victim!r}, 'here')\nopen('here', 'w').write('escaped')\n",
         "renamed _posixsubprocess": FORK_EXEC.format(target=target),
@@ -189,7 +190,8 @@ def check_nothing_escaped(area: dict, run: dict, started: float) -> dict:
             listener.accept()
     time.sleep(0.2)
     leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline", "cwd"])
-                 if str(p.info["cwd"] or "").startswith(area["runs"]) or "sleep 30" in " ".join(p.info["cmdline"] or [])]
+                 if str(p.info["cwd"] or "").startswith(area["runs"])
+                 or "sleep 30" in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
     return by_name
 
