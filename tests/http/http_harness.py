@@ -41,6 +41,14 @@ class LiveServer:
         self.service.close()
 
 
+def error_message(response: httpx.Response, status: int) -> str:
+    """The message of a JSON error answer, after checking its status and shape."""
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert body["error"]["code"] == status and body["error"]["type"]
+    return body["error"]["message"]
+
+
 def start_server(service: CompletionService, settings: ServerSettings, start_service: bool = True) -> LiveServer:
     """Serve create_app(service, settings) on a free loopback port; returns once it accepts connections."""
     if start_service:

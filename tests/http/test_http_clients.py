@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from http_harness import start_server
+from tests.http.http_harness import start_server
 from scripted import ScriptedEngine
 
 from fim.http import ServerSettings

@@ -9,7 +9,7 @@ from fim.errors import BadRequestError, QueueFullError
 from fim.http import ServerSettings
 from fim.http.sse import error_event
 from fim.service import CompletionService
-from tests.http.http_harness import start_server
+from tests.http.http_harness import error_message, start_server
 from tests.tiny import tiny_checkpoint
 
 
@@ -21,16 +21,9 @@ def limited():
     server.stop()
 
 
-def _error(r, status: int) -> str:
-    assert r.status_code == status, (r.status_code, r.text)
-    body = r.json()
-    assert body["error"]["code"] == status and body["error"]["type"]
-    return body["error"]["message"]
-
-
 def test_body_over_the_limit_by_content_length(limited):
     with limited.client() as c:
-        message = _error(c.post("/infill", json={"input_prefix": "x" * 5000}), 413)
+        message = error_message(c.post("/infill", json={"input_prefix": "x" * 5000}), 413)
     assert "2000 bytes" in message and "--max-body-bytes" in message
 
 
@@ -40,7 +33,7 @@ def test_chunked_body_over_the_limit(limited):
             yield b" " * 500
         yield b"{}"
     with limited.client() as c:
-        message = _error(c.post("/infill", content=chunks(), headers={"content-type": "application/json"}), 413)
+        message = error_message(c.post("/infill", content=chunks(), headers={"content-type": "application/json"}), 413)
     assert "2000 bytes" in message
 
 
@@ -71,7 +64,7 @@ def test_token_requests_above_the_limit_are_capped_as_llama_cpp_does(limited, pa
     (b'{"input_extra": [{"filename": 3}]}', 422, "input_extra.0.filename"),
 ])
 def test_bad_infill_bodies(client, raw, status, words):
-    message = _error(client.post("/infill", content=raw, headers={"content-type": "application/json"}), status)
+    message = error_message(client.post("/infill", content=raw, headers={"content-type": "application/json"}), status)
     assert words in message
 
 
@@ -83,12 +76,12 @@ def test_json_without_content_type_is_read_as_json(client):
 
 
 def test_tabby_request_without_segments(client):
-    assert "segments" in _error(client.post("/v1/completions", json={"language": "python"}), 422)
+    assert "segments" in error_message(client.post("/v1/completions", json={"language": "python"}), 422)
 
 
 def test_unknown_route_and_wrong_method(client):
-    assert "/nowhere" in _error(client.get("/nowhere"), 404)
-    assert "GET" in _error(client.get("/infill"), 405)
+    assert "/nowhere" in error_message(client.get("/nowhere"), 404)
+    assert "GET" in error_message(client.get("/infill"), 405)
 
 
 def test_model_loading_answers_503_with_retry_after():
@@ -96,9 +89,9 @@ def test_model_loading_answers_503_with_retry_after():
     try:
         with server.client() as c:
             r = c.get("/health")
-            assert _error(r, 503) == "Loading model" and r.headers["retry-after"] == "1"
+            assert error_message(r, 503) == "Loading model" and r.headers["retry-after"] == "1"
             r = c.post("/infill", json={"input_prefix": "x"})
-            assert "loading" in _error(r, 503) and r.headers["retry-after"] == "1"
+            assert "loading" in error_message(r, 503) and r.headers["retry-after"] == "1"
             health = c.get("/v1/health")
             assert health.status_code == 200 and health.json()["ready"] is False and health.json()["model"]
     finally:
@@ -112,8 +105,8 @@ def test_model_that_failed_to_load_is_reported():
     server = start_server(service, ServerSettings(), start_service=False)
     try:
         with server.client() as c:
-            assert "failed to load" in _error(c.get("/health"), 503)
-            assert "failed to load" in _error(c.post("/openai/v1/completions", json={"prompt": "x"}), 503)
+            assert "failed to load" in error_message(c.get("/health"), 503)
+            assert "failed to load" in error_message(c.post("/openai/v1/completions", json={"prompt": "x"}), 503)
     finally:
         server.stop()
 

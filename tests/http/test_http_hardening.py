@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from http_harness import API_KEY, LiveServer, start_server
+from tests.http.http_harness import API_KEY, LiveServer, error_message, start_server
 
 from fim.http import ServerSettings
 from fim.service import CompletionService
@@ -28,13 +28,6 @@ def guarded() -> Iterator[LiveServer]:
     server = start_server(CompletionService(tiny_checkpoint()), settings)
     yield server
     server.stop()
-
-
-def _error(r, status: int) -> str:
-    assert r.status_code == status, (r.status_code, r.text)
-    body = r.json()
-    assert body["error"]["code"] == status and body["error"]["type"]
-    return body["error"]["message"]
 
 
 def _address(server: LiveServer) -> tuple[str, int]:
@@ -57,19 +50,19 @@ def _closed_by_server(sock: socket.socket, within_s: float) -> bool:
 def test_a_web_page_cannot_post_text_plain(client):
     """A page's fetch(..., {mode: "no-cors", body: "{...}"}) sends text/plain without a preflight."""
     r = client.post("/infill", content=INFILL, headers={"content-type": "text/plain;charset=UTF-8"})
-    assert "application/json" in _error(r, 415)
+    assert "application/json" in error_message(r, 415)
     r = client.post("/infill", content=INFILL, headers={"content-type": "multipart/form-data; boundary=x"})
-    _error(r, 415)
+    error_message(r, 415)
 
 
 def test_cross_site_origins_are_refused(client):
     r = client.post("/infill", content=INFILL, headers={"origin": "https://evil.example",
                                                          "content-type": "application/json"})
-    assert "--allow-origin https://evil.example" in _error(r, 403)
+    assert "--allow-origin https://evil.example" in error_message(r, 403)
     # a form post from a page (the type curl -d uses) carries an Origin: refused too
     r = client.post("/infill", content=INFILL, headers={"origin": "null",
                                                          "content-type": "application/x-www-form-urlencoded"})
-    _error(r, 403)
+    error_message(r, 403)
     assert client.get("/metrics", headers={"origin": "https://evil.example"}).status_code == 403
 
 
@@ -83,12 +76,12 @@ def test_same_origin_and_allowed_origins_are_served(guarded):
         assert preflight.status_code == 204 and "Authorization" in preflight.headers["access-control-allow-headers"]
         form = c.post("/infill", content=INFILL, headers={"origin": ALLOWED,
                                                            "content-type": "application/x-www-form-urlencoded"})
-        _error(form, 415)  # from a browser, even an allowed one, the body must say it is JSON
+        error_message(form, 415)  # from a browser, even an allowed one, the body must say it is JSON
 
 
 def test_dns_rebinding_host_is_refused(client):
     r = client.get("/metrics", headers={"host": "evil.example:8012"})
-    assert "loopback" in _error(r, 403)
+    assert "loopback" in error_message(r, 403)
     assert client.get("/health", headers={"host": "localhost:8012"}).status_code == 200
 
 
@@ -100,9 +93,9 @@ def test_health_shows_no_paths_without_the_key():
     try:
         with server.client() as c:
             for path in ("/health", "/v1/health"):
-                message = _error(c.get(path), 503)
+                message = error_message(c.get(path), 503)
                 assert "failed to load" in message and "/secret" not in message
-                keyed = _error(c.get(path, headers={"authorization": f"Bearer {API_KEY}"}), 503)
+                keyed = error_message(c.get(path, headers={"authorization": f"Bearer {API_KEY}"}), 503)
                 assert "/secret/place" in keyed
     finally:
         server.stop()

@@ -30,28 +30,36 @@ def _read_message(stream) -> dict:
     return json.loads(stream.read(length))
 
 
+def _connect(port: int, deadline_s: float = 60.0) -> socket.socket:
+    """A connection to a server on 127.0.0.1:port, retried until it listens."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=30)
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "the server did not listen"
+            time.sleep(0.2)
+
+
+def _shut_down(connection: socket.socket, replies, seen=lambda message: None) -> None:
+    """shutdown, its reply awaited (`seen` checks every message before it: progress, log lines), then exit."""
+    connection.sendall(encode({"jsonrpc": "2.0", "id": 2, "method": "shutdown"}))
+    while (message := _read_message(replies)).get("id") != 2:
+        seen(message)
+    connection.sendall(encode({"jsonrpc": "2.0", "method": "exit"}))
+
+
 def test_tcp_server_answers_initialize_and_exits_after_shutdown():
     port = _free_port()
     process = subprocess.Popen(server_command("--model", tiny_checkpoint(), "--tcp", f"127.0.0.1:{port}"),
                                env=server_env(), cwd=str(REPO), stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                connection = socket.create_connection(("127.0.0.1", port), timeout=30)
-                break
-            except ConnectionRefusedError:
-                assert time.monotonic() < deadline, "the server did not listen"
-                time.sleep(0.2)
-        with connection, connection.makefile("rb") as replies:
+        with _connect(port) as connection, connection.makefile("rb") as replies:
             connection.sendall(encode({"jsonrpc": "2.0", "id": 1, "method": "initialize",
                                        "params": {"processId": None, "rootUri": None, "capabilities": {}}}))
             reply = _read_message(replies)
             assert reply["id"] == 1 and "inlineCompletionProvider" in reply["result"]["capabilities"]
-            connection.sendall(encode({"jsonrpc": "2.0", "id": 2, "method": "shutdown"}))
-            while _read_message(replies).get("id") != 2:
-                pass  # progress and log notifications may come first
-            connection.sendall(encode({"jsonrpc": "2.0", "method": "exit"}))
+            _shut_down(connection, replies)
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:

@@ -5,9 +5,7 @@ network address or with a token."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
 
 import pytest
 from lsprotocol import types
@@ -17,7 +15,7 @@ from lsp.client import LspClient, encode
 from lsp.documents import DocumentError, Documents, OutOfStep
 from tests.lsp.harness import REPO, ROOT_URI, TEST_OPTIONS, URI, inline, opened, pos, server_command, server_env
 from tests.lsp.test_lsp_bad_input import _error_reply, still_serving
-from tests.lsp.test_lsp_cli import _free_port, _read_message
+from tests.lsp.test_lsp_cli import _connect, _free_port, _read_message, _shut_down
 from tests.tiny import tiny_checkpoint
 
 TOKEN = "lsp-token-0123456789"
@@ -107,14 +105,8 @@ def test_tcp_on_a_network_address_needs_a_token(capsys, monkeypatch):
     assert len(err.strip().splitlines()) == 1 and "--token" in err
 
 
-def _connect(port: int, deadline_s: float = 60.0) -> socket.socket:
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=30)
-        except ConnectionRefusedError:
-            assert time.monotonic() < deadline, "the server did not listen"
-            time.sleep(0.2)
+def _no_setting_warning(message: dict) -> None:
+    assert "unknown setting" not in json.dumps(message)  # the token is not a setting
 
 
 def _initialize(options: dict) -> bytes:
@@ -137,10 +129,7 @@ def test_tcp_token_refuses_other_clients_and_serves_the_right_one():
             connection.sendall(_initialize({"token": TOKEN, **TEST_OPTIONS}))
             reply = _read_message(replies)
             assert reply["id"] == 1 and "inlineCompletionProvider" in reply["result"]["capabilities"]
-            connection.sendall(encode({"jsonrpc": "2.0", "id": 2, "method": "shutdown"}))
-            while (message := _read_message(replies)).get("id") != 2:
-                assert "unknown setting" not in json.dumps(message)  # the token is not a setting
-            connection.sendall(encode({"jsonrpc": "2.0", "method": "exit"}))
+            _shut_down(connection, replies, lambda message: _no_setting_warning(message))
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
