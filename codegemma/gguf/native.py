@@ -28,7 +28,7 @@ from codegemma.linear import NativeLinear
 from codegemma.model import Transformer
 from codegemma.tokenizer import Tokenizer
 
-TILE_ELEMENTS = 1 << 23  # weights dequantized at a time for a prefill product: a 32 MB float32 buffer
+TILE_ELEMENTS = 1 << 23  # weights dequantized at a time for a prefill product: a 32 MB float32 buffer at most
 _scratch = threading.local()
 
 
@@ -50,15 +50,19 @@ class GGUFLinear(NativeLinear):
         return [(m, t.name) for m, t in zip(self.mats, self.qtypes)]
 
     def torch_product(self, x: Tensor) -> Tensor:
-        """Many rows (a prefill block): each tile of weight rows dequantized once into a reused buffer."""
-        x2 = x.reshape(-1, self.k).float()
+        """Many rows (a prefill block): each tile of weight rows dequantized once into a reused buffer. Where
+        the CPU multiplies bfloat16 natively (AVX-512 BF16, AMX) the tiles and the rows are bfloat16, with
+        float32 accumulation: 4x the float32 product's speed here (600 against 143 GFLOP/s on 2 cores)."""
+        dtype = torch.float32 if kernels.slow_bf16_gemm() else torch.bfloat16
+        x2 = x.reshape(-1, self.k).to(dtype)
         outs = []
         for m, t in zip(self.mats, self.qtypes):
             n = m.shape[0]
             step = max(1, TILE_ELEMENTS // self.k)
             for first in range(0, n, step):
                 rows = min(step, n - first)
-                w = kernels.gguf_dequantize(m, int(t), self.k, first, rows, _buffer(rows * self.k).view(rows, self.k))
+                tile = _buffer(rows * self.k, dtype).view(rows, self.k)
+                w = kernels.gguf_dequantize(m, int(t), self.k, first, rows, tile)
                 outs.append(F.linear(x2, w))  # computed before the next tile reuses the buffer
         y = torch.cat(outs, -1) if len(outs) > 1 else outs[0]
         return y.to(x.dtype).view(*x.shape[:-1], -1)
@@ -82,13 +86,14 @@ class GGUFEmbedding(nn.Module):
         return out.view(*tokens.shape, self.dim)
 
 
-def _buffer(n: int) -> Tensor:
-    """A float32 buffer of at least n elements, reused by this thread (fresh pages per call cost as much as
+def _buffer(n: int, dtype: torch.dtype) -> Tensor:
+    """A buffer of at least n elements of `dtype`, reused by this thread (fresh pages per call cost as much as
     the dequantization)."""
-    buf = getattr(_scratch, "buf", None)
+    buf = getattr(_scratch, str(dtype), None)
     if buf is None or buf.numel() < n:
         with torch.inference_mode(False):  # a normal tensor: inference tensors refuse updates outside that mode
-            buf = _scratch.buf = torch.empty(n)
+            buf = torch.empty(n, dtype=dtype)
+            setattr(_scratch, str(dtype), buf)
     return buf[:n]
 
 

@@ -129,7 +129,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_gguf_linear.restype = i
     lib.cg_gguf_linear.argtypes = [i, p, p, p, p, i, i64, p, i, i, i64, i]
     lib.cg_gguf_dequantize.restype = i
-    lib.cg_gguf_dequantize.argtypes = [p, i, i64, i64, i64, p]
+    lib.cg_gguf_dequantize.argtypes = [p, i, i64, i64, i64, p, i]
     return lib
 
 
@@ -293,7 +293,9 @@ class GGUFWeights(_Product):
 
 
 def gguf_dequantize(raw: Tensor, qtype: int, k: int, first: int, n: int, out: Tensor) -> Tensor:
-    """Rows first..first+n of a GGUF matrix (raw bytes [N, row bytes]) as float32 into out [n, K]."""
-    if _lib.cg_gguf_dequantize(raw.data_ptr(), qtype, k, first, n, out.data_ptr()) != 0:
+    """Rows first..first+n of a GGUF matrix (raw bytes [N, row bytes]) into out [n, K], float32 or bfloat16."""
+    if out.dtype not in (torch.float32, torch.bfloat16) or not out.is_contiguous():
+        raise ValueError("GGUF rows dequantize into a contiguous float32 or bfloat16 tensor")
+    if _lib.cg_gguf_dequantize(raw.data_ptr(), qtype, k, first, n, out.data_ptr(), int(out.dtype == torch.bfloat16)) != 0:
         raise ValueError(f"GGUF type {qtype} rows of {k} weights cannot be dequantized natively")
     return out

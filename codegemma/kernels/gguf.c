@@ -88,7 +88,7 @@ static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *mn) {
 }
 
 /* Unit u (32 weights) of a quantized row as q[32], d and m: weight = d * q + m. */
-static void unit_scalar(int type, const uint8_t *row, int64_t u, int16_t *q, float *d, float *m) {
+static __attribute__((unused)) void unit_scalar(int type, const uint8_t *row, int64_t u, int16_t *q, float *d, float *m) {
     *m = 0.0f;
     switch (type) {
     case G_Q8_0: {
@@ -152,7 +152,7 @@ static void unit_scalar(int type, const uint8_t *row, int64_t u, int16_t *q, flo
 }
 
 /* Unit u of a float row as 32 floats */
-static void unit_float_scalar(int type, const uint8_t *row, int64_t u, float *w) {
+static __attribute__((unused)) void unit_float_scalar(int type, const uint8_t *row, int64_t u, float *w) {
     for (int i = 0; i < 32; i++) {
         int64_t k = u * 32 + i;
         w[i] = type == G_F32 ? ((const float *)row)[k]
@@ -436,25 +436,89 @@ done:
     return failed ? -1 : 0;
 }
 
-/* Rows [first, first + n) of a matrix [*, K] in GGUF type `type`, dequantized into out [n, K] float32 (for
- * prefill products and embedding lookups). Returns 0, or -2 for a type or K the kernels do not take. */
-int cg_gguf_dequantize(const void *W, int type, int64_t K, int64_t first, int64_t n, float *out) {
+/* Unit u of a row as 32 floats: the decoding the products use, vectorized where the CPU allows (a prefill
+ * block dequantizes every weight of the model once, so this is on its critical path) */
+static inline __attribute__((always_inline)) void unit_floats(int type, const uint8_t *row, int64_t u, void *out,
+                                                              int bf16) {
+#ifdef GGUF_SIMD
+    __m512 w[2];
+    if (is_float(type)) {
+        unit_float_simd(type, row, u, &w[0], &w[1]);
+    } else {
+        float d, m;
+        __m512i q = unit_simd(type, row, u, &d, &m);
+        __m512 vd = _mm512_set1_ps(d), vm = _mm512_set1_ps(m);
+        w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(q))), vd, vm);
+        w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(q, 1))), vd, vm);
+    }
+    for (int h = 0; h < 2; h++) {
+        if (!bf16) {
+            _mm512_storeu_ps((float *)out + h * 16, w[h]);
+            continue;
+        }
+        /* round to nearest even, as f32_to_bf16 does (weights are finite: no NaN case) */
+        __m512i v = _mm512_castps_si512(w[h]);
+        __m512i odd = _mm512_and_si512(_mm512_srli_epi32(v, 16), _mm512_set1_epi32(1));
+        v = _mm512_srli_epi32(_mm512_add_epi32(v, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
+        _mm256_storeu_si256((__m256i *)((uint16_t *)out + h * 16), _mm512_cvtepi32_epi16(v));
+    }
+#else
+    float o[UNIT];
+    if (is_float(type)) {
+        unit_float_scalar(type, row, u, o);
+    } else {
+        int16_t q[UNIT];
+        float d, m;
+        unit_scalar(type, row, u, q, &d, &m);
+        for (int i = 0; i < UNIT; i++) o[i] = d * q[i] + m;
+    }
+    for (int i = 0; i < UNIT; i++) {
+        if (bf16)
+            ((uint16_t *)out)[i] = f32_to_bf16(o[i]);
+        else
+            ((float *)out)[i] = o[i];
+    }
+#endif
+}
+
+/* dequantize rows of one type: the type a constant in each copy, as in the products */
+#define DEQUANT_FOR(T)                                                                                  \
+    static void dequant_##T(const uint8_t *row, int64_t K, void *o, int bf16) {                        \
+        for (int64_t u = 0; u < K / UNIT; u++)                                                          \
+            unit_floats(T, row, u, (char *)o + u * UNIT * (bf16 ? 2 : 4), bf16);                        \
+    }
+DEQUANT_FOR(G_F32)
+DEQUANT_FOR(G_F16)
+DEQUANT_FOR(G_BF16)
+DEQUANT_FOR(G_Q8_0)
+DEQUANT_FOR(G_Q4_0)
+DEQUANT_FOR(G_Q4_1)
+DEQUANT_FOR(G_Q5_0)
+DEQUANT_FOR(G_Q5_1)
+DEQUANT_FOR(G_Q4_K)
+DEQUANT_FOR(G_Q5_K)
+DEQUANT_FOR(G_Q6_K)
+
+typedef void (*dequant_fn)(const uint8_t *row, int64_t K, void *o, int bf16);
+static dequant_fn dequant_for(int type) {
+    switch (type) {
+    case G_F32: return dequant_G_F32; case G_F16: return dequant_G_F16; case G_BF16: return dequant_G_BF16;
+    case G_Q8_0: return dequant_G_Q8_0; case G_Q4_0: return dequant_G_Q4_0; case G_Q4_1: return dequant_G_Q4_1;
+    case G_Q5_0: return dequant_G_Q5_0; case G_Q5_1: return dequant_G_Q5_1; case G_Q4_K: return dequant_G_Q4_K;
+    case G_Q5_K: return dequant_G_Q5_K; case G_Q6_K: return dequant_G_Q6_K;
+    default: return NULL;
+    }
+}
+
+/* Rows [first, first + n) of a matrix [*, K] in GGUF type `type`, dequantized into out [n, K], float32 or
+ * (bf16) bfloat16, for prefill products and embedding lookups. Returns 0, or -2 for a type or K the kernels
+ * do not take. */
+int cg_gguf_dequantize(const void *W, int type, int64_t K, int64_t first, int64_t n, void *out, int bf16) {
     int64_t bytes = cg_row_bytes(type, K);
     if (bytes < 0) return -2;
+    dequant_fn rows = dequant_for(type);
 #pragma omp parallel for schedule(static) if (n * K > 65536)
-    for (int64_t r = 0; r < n; r++) {
-        const uint8_t *row = (const uint8_t *)W + (first + r) * bytes;
-        float *o = out + r * K;
-        int16_t q[UNIT];
-        for (int64_t u = 0; u < K / UNIT; u++) {
-            if (is_float(type)) {
-                unit_float_scalar(type, row, u, o + u * UNIT);
-                continue;
-            }
-            float d, m;
-            unit_scalar(type, row, u, q, &d, &m);
-            for (int i = 0; i < UNIT; i++) o[u * UNIT + i] = d * q[i] + m;
-        }
-    }
+    for (int64_t r = 0; r < n; r++)
+        rows((const uint8_t *)W + (first + r) * bytes, K, (char *)out + r * K * (bf16 ? 2 : 4), bf16);
     return 0;
 }

@@ -69,11 +69,15 @@ def test_products_match_dequantized_reference(qtype):
 def test_dequantize_matches_gguf(qtype):
     rng = np.random.default_rng(100 + int(qtype))
     n, k = 9, 256
-    raw = random_blocks(qtype, n, k, rng)
+    raw = torch.from_numpy(random_blocks(qtype, n, k, rng))
     out = torch.empty(4, k)
-    kernels.gguf_dequantize(torch.from_numpy(raw), int(qtype), k, 3, 4, out)
-    want = torch.from_numpy(dequantize(raw, qtype)[3:7].astype(np.float32))
+    kernels.gguf_dequantize(raw, int(qtype), k, 3, 4, out)
+    want = torch.from_numpy(dequantize(raw.numpy(), qtype)[3:7].astype(np.float32))
     assert torch.allclose(out, want, rtol=1e-6, atol=1e-30, equal_nan=True)
+    # into bfloat16 (prefill tiles where the CPU multiplies bfloat16): the float32 values rounded as torch does
+    half = torch.empty(4, k, dtype=torch.bfloat16)
+    kernels.gguf_dequantize(raw, int(qtype), k, 3, 4, half)
+    assert torch.equal(half, out.to(torch.bfloat16))
 
 
 def test_mixed_formats_fused_with_glu():
