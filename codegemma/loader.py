@@ -119,7 +119,9 @@ def _quantize_cached(net: Transformer, source: Path, dtype: torch.dtype) -> None
     cached = None
     if path.is_file():
         try:
-            cached = load_file(str(path))
+            # copies: the tensors safetensors returns lie at the file's 8-byte offsets, and PyTorch's int8
+            # product (torch._weight_int8pack_mm) crashed on such weights of the embedded model
+            cached = {name: t.clone() for name, t in load_file(str(path)).items()}
         except Exception:  # noqa: BLE001 - a damaged cache file (a full disk, say): quantize and write it again
             path.unlink(missing_ok=True)
     tensors = quantize_int8(net, cached)

@@ -371,11 +371,12 @@ def test_unknown_dtype():
 # --- int8 ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch", ["gemma", "gemma3"])
-def test_int8_weights_decode_like_bf16(checkpoint_writer, arch):
+def test_int8_weights_decode_like_bf16(checkpoint_writer, arch, tmp_path, monkeypatch):
     """Tiny random models have near-ties between their top tokens (the top two logits of the Gemma 3 one are
     typically 0.05 apart, a third of a standard deviation), so a free-running int8 decode may part ways with
     bf16 early and never meet again. Its greedy choices are therefore compared along bf16's own 32-token
     greedy continuation: they must mostly agree, and the logits must stay close."""
+    monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "cache"))  # the int8 cache stays in the test
     path = str(checkpoint_writer(tiny_config(arch)))
     bf16 = codegemma.load(path, dtype="bf16")
     int8 = codegemma.load(path, dtype="bf16", int8=True)
@@ -418,8 +419,9 @@ def test_int8_weights_are_quantized_once_and_cached(checkpoint_writer, tmp_path,
     monkeypatch.setattr(quant, "quantize_rows", lambda w: calls.append(w.shape) or original(w))
     again = codegemma.load(path, dtype="bf16", int8=True)
     assert calls == []  # read from the cache, not quantized again
-    prompt = first.tokenizer.encode(PROMPT_TEXT, bos=True)
+    prompt = first.tokenizer.encode(PROMPT_TEXT * 3, bos=True)  # over 16 tokens: PyTorch's int8 product too
     options = GenerateOptions(max_new_tokens=16, stop_ids=frozenset(), speculative=False)
+    assert len(prompt) > 16
     assert again.generate(prompt, options).tokens == first.generate(prompt, options).tokens
     cached[0].write_bytes(b"damaged")  # a damaged cache is quantized and written again
     codegemma.load(path, dtype="bf16", int8=True)
