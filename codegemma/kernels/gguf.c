@@ -193,6 +193,46 @@ static inline __m256i nibbles16(const uint8_t *qs) { /* 16 bytes of nibbles: low
                                    _mm_and_si128(_mm_srli_epi16(v, 4), m), 1);
 }
 
+/* d and m of the 8 units of a K-quant superblock b (Q4_K, Q5_K: 6-bit scales and mins; Q6_K: its one d,
+ * the 16-weight scales being folded into q) */
+static inline __attribute__((always_inline)) void superblock_scales(int type, const uint8_t *b, float *d, float *m) {
+    if (type == G_Q6_K) {
+        float dd = half_to_f32(rd16(b + 208));
+        for (int j = 0; j < 8; j++) d[j] = dd, m[j] = 0.0f;
+        return;
+    }
+    float dd = half_to_f32(rd16(b)), dm = half_to_f32(rd16(b + 2));
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        scale_min_k4(j, b + 4, &sc, &mn);
+        d[j] = dd * sc;
+        m[j] = -dm * mn;
+    }
+}
+
+/* q of unit j (of 8) of a K-quant superblock b, as 32 int16 lanes */
+static inline __attribute__((always_inline)) __m512i kquant_q(int type, const uint8_t *b, int j) {
+    if (type == G_Q6_K) {
+        int n = j / 4, t = j % 4;
+        const int8_t *sc = (const int8_t *)(b + 192) + 8 * n + 2 * t;
+        __m256i l = _mm256_loadu_si256((const __m256i *)(b + 64 * n + 32 * (t & 1)));
+        l = _mm256_and_si256(t >= 2 ? _mm256_srli_epi16(l, 4) : l, _mm256_set1_epi8(0xF));
+        __m256i h = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n)), 2 * t);
+        h = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(3)), 4);
+        __m512i q = _mm512_sub_epi16(widen_u8(_mm256_or_si256(l, h)), _mm512_set1_epi16(32));
+        __m512i s = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(sc[0]), _mm512_set1_epi16(sc[1]));
+        return _mm512_mullo_epi16(q, s);
+    }
+    int five = type == G_Q5_K;
+    __m256i v = _mm256_loadu_si256((const __m256i *)(b + (five ? 48 : 16) + 32 * (j / 2)));
+    v = _mm256_and_si256(j & 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0xF));
+    if (five) {
+        __m256i h = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 16)), j);
+        v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(1)), 4));
+    }
+    return widen_u8(v);
+}
+
 /* the SIMD twin of unit_scalar: q as 32 int16 lanes */
 static inline __attribute__((always_inline)) __m512i unit_simd(int type, const uint8_t *row, int64_t u, float *d,
                                                                float *m) {
@@ -223,34 +263,13 @@ static inline __attribute__((always_inline)) __m512i unit_simd(int type, const u
         __m512i q = widen_u8(v);
         return has_m ? q : _mm512_sub_epi16(q, _mm512_set1_epi16(16));
     }
-    case G_Q4_K: case G_Q5_K: {
-        int five = type == G_Q5_K;
-        const uint8_t *b = row + (u / 8) * (five ? 176 : 144);
-        int j = (int)(u % 8), sc, mn;
-        scale_min_k4(j, b + 4, &sc, &mn);
-        *d = half_to_f32(rd16(b)) * sc;
-        *m = -half_to_f32(rd16(b + 2)) * mn;
-        const __m256i low = _mm256_set1_epi8(0xF);
-        __m256i v = _mm256_loadu_si256((const __m256i *)(b + (five ? 48 : 16) + 32 * (j / 2)));
-        v = _mm256_and_si256(j & 1 ? _mm256_srli_epi16(v, 4) : v, low);
-        if (five) {
-            __m256i h = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 16)), j);
-            v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(1)), 4));
-        }
-        return widen_u8(v);
-    }
-    case G_Q6_K: {
-        const uint8_t *b = row + (u / 8) * 210;
-        int j = (int)(u % 8), n = j / 4, t = j % 4;
-        const int8_t *sc = (const int8_t *)(b + 192) + 8 * n + 2 * t;
-        *d = half_to_f32(rd16(b + 208));
-        __m256i l = _mm256_loadu_si256((const __m256i *)(b + 64 * n + 32 * (t & 1)));
-        l = _mm256_and_si256(t >= 2 ? _mm256_srli_epi16(l, 4) : l, _mm256_set1_epi8(0xF));
-        __m256i h = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n)), 2 * t);
-        h = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(3)), 4);
-        __m512i q = _mm512_sub_epi16(widen_u8(_mm256_or_si256(l, h)), _mm512_set1_epi16(32));
-        __m512i s = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(sc[0]), _mm512_set1_epi16(sc[1]));
-        return _mm512_mullo_epi16(q, s);
+    case G_Q4_K: case G_Q5_K: case G_Q6_K: {
+        const uint8_t *b = row + (u / 8) * block_bytes(type);
+        float d8[8], m8[8];
+        superblock_scales(type, b, d8, m8);
+        *d = d8[u % 8];
+        *m = m8[u % 8];
+        return kquant_q(type, b, (int)(u % 8));
     }
     }
     return _mm512_setzero_si512();
@@ -296,17 +315,39 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
         }
     } else {
         int64_t bytes = cg_row_bytes(type, K);
-        for (int64_t u = 0; u < units; u++) {
-            float d, m;
-            /* one line of the next row per unit: the rows of a thread follow each other in memory */
-            if (u * 64 < bytes) _mm_prefetch((const char *)row + bytes + u * 64, _MM_HINT_T0);
-            __m512i q = unit_simd(type, row, u, &d, &m);
-            for (int r = 0; r < M; r++) {
-                __m512i p = _mm512_madd_epi16(q, _mm512_loadu_si512((const void *)(x[r].xq + u * UNIT)));
-                acc[r][u & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(d * x[r].sx[u]), acc[r][u & 1]);
-                if (has_offsets(type)) msum[r] += m * x[r].xs[u];
+/* one line of the next row per unit: the rows of a thread follow each other in memory */
+#define PREFETCH_NEXT_ROW(u) \
+    if ((u) * 64 < bytes) _mm_prefetch((const char *)row + bytes + (u) * 64, _MM_HINT_T0)
+#define ACCUMULATE(q, d, m, u)                                                                              \
+    for (int r = 0; r < M; r++) {                                                                       \
+        __m512i p = _mm512_madd_epi16(q, _mm512_loadu_si512((const void *)(x[r].xq + (u) * UNIT)));     \
+        __m512 scale = _mm512_set1_ps((d) * x[r].sx[u]);                                                \
+        acc[r][(u) & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r][(u) & 1]);                 \
+        if (has_offsets(type)) msum[r] += (m) * x[r].xs[u];                                            \
+    }
+        if (type == G_Q4_K || type == G_Q5_K || type == G_Q6_K) {
+            /* a superblock's scales once for its 8 units, not once per unit */
+            for (int64_t sb = 0; sb < units / 8; sb++) {
+                const uint8_t *b = row + sb * block_bytes(type);
+                float d8[8], m8[8];
+                superblock_scales(type, b, d8, m8);
+                for (int j = 0; j < 8; j++) {
+                    int64_t u = sb * 8 + j;
+                    PREFETCH_NEXT_ROW(u);
+                    __m512i q = kquant_q(type, b, j);
+                    ACCUMULATE(q, d8[j], m8[j], u)
+                }
+            }
+        } else {
+            for (int64_t u = 0; u < units; u++) {
+                float d, m;
+                PREFETCH_NEXT_ROW(u);
+                __m512i q = unit_simd(type, row, u, &d, &m);
+                ACCUMULATE(q, d, m, u)
             }
         }
+#undef PREFETCH_NEXT_ROW
+#undef ACCUMULATE
     }
     for (int r = 0; r < M; r++) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1])) + msum[r];
 }
