@@ -30,6 +30,9 @@
 enum { G_F32 = 0, G_F16 = 1, G_Q4_0 = 2, G_Q4_1 = 3, G_Q5_0 = 6, G_Q5_1 = 7, G_Q8_0 = 8, G_Q4_K = 12, G_Q5_K = 13,
        G_Q6_K = 14, G_BF16 = 30 };
 enum { UNIT = 32, SUPER = 256, MAX_M = 16 };
+/* every type the kernels take, for the per-type copies of the products and the dequantization below */
+#define FOR_EACH_TYPE(X) X(G_F32) X(G_F16) X(G_BF16) X(G_Q8_0) X(G_Q4_0) X(G_Q4_1) X(G_Q5_0) X(G_Q5_1) X(G_Q4_K) \
+    X(G_Q5_K) X(G_Q6_K)
 
 static inline float half_to_f32(uint16_t h) {
 #ifdef __F16C__
@@ -388,26 +391,14 @@ typedef void (*rows_fn)(const uint8_t *row, int64_t K, const xprep *x, int M, fl
         else                                                                                            \
             row_products(T, row, K, x, M, out);                                                         \
     }
-ROWS_FOR(G_F32)
-ROWS_FOR(G_F16)
-ROWS_FOR(G_BF16)
-ROWS_FOR(G_Q8_0)
-ROWS_FOR(G_Q4_0)
-ROWS_FOR(G_Q4_1)
-ROWS_FOR(G_Q5_0)
-ROWS_FOR(G_Q5_1)
-ROWS_FOR(G_Q4_K)
-ROWS_FOR(G_Q5_K)
-ROWS_FOR(G_Q6_K)
+FOR_EACH_TYPE(ROWS_FOR)
 
 static rows_fn rows_for(int type) {
-    switch (type) {
-    case G_F32: return rows_G_F32; case G_F16: return rows_G_F16; case G_BF16: return rows_G_BF16;
-    case G_Q8_0: return rows_G_Q8_0; case G_Q4_0: return rows_G_Q4_0; case G_Q4_1: return rows_G_Q4_1;
-    case G_Q5_0: return rows_G_Q5_0; case G_Q5_1: return rows_G_Q5_1; case G_Q4_K: return rows_G_Q4_K;
-    case G_Q5_K: return rows_G_Q5_K; case G_Q6_K: return rows_G_Q6_K;
-    default: return NULL;
-    }
+#define ROWS_CASE(T) \
+    case T: return rows_##T;
+    switch (type) { FOR_EACH_TYPE(ROWS_CASE) }
+#undef ROWS_CASE
+    return NULL;
 }
 
 static inline float round_to(float v, int bf16) { return bf16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
@@ -528,27 +519,15 @@ static inline __attribute__((always_inline)) void unit_floats(int type, const ui
         for (int64_t u = 0; u < K / UNIT; u++)                                                          \
             unit_floats(T, row, u, (char *)o + u * UNIT * (bf16 ? 2 : 4), bf16);                        \
     }
-DEQUANT_FOR(G_F32)
-DEQUANT_FOR(G_F16)
-DEQUANT_FOR(G_BF16)
-DEQUANT_FOR(G_Q8_0)
-DEQUANT_FOR(G_Q4_0)
-DEQUANT_FOR(G_Q4_1)
-DEQUANT_FOR(G_Q5_0)
-DEQUANT_FOR(G_Q5_1)
-DEQUANT_FOR(G_Q4_K)
-DEQUANT_FOR(G_Q5_K)
-DEQUANT_FOR(G_Q6_K)
+FOR_EACH_TYPE(DEQUANT_FOR)
 
 typedef void (*dequant_fn)(const uint8_t *row, int64_t K, void *o, int bf16);
 static dequant_fn dequant_for(int type) {
-    switch (type) {
-    case G_F32: return dequant_G_F32; case G_F16: return dequant_G_F16; case G_BF16: return dequant_G_BF16;
-    case G_Q8_0: return dequant_G_Q8_0; case G_Q4_0: return dequant_G_Q4_0; case G_Q4_1: return dequant_G_Q4_1;
-    case G_Q5_0: return dequant_G_Q5_0; case G_Q5_1: return dequant_G_Q5_1; case G_Q4_K: return dequant_G_Q4_K;
-    case G_Q5_K: return dequant_G_Q5_K; case G_Q6_K: return dequant_G_Q6_K;
-    default: return NULL;
-    }
+#define DEQUANT_CASE(T) \
+    case T: return dequant_##T;
+    switch (type) { FOR_EACH_TYPE(DEQUANT_CASE) }
+#undef DEQUANT_CASE
+    return NULL;
 }
 
 /* Rows [first, first + n) of a matrix [*, K] in GGUF type `type`, dequantized into out [n, K], float32 or
