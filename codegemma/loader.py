@@ -201,10 +201,14 @@ def _load_path(path: Path, dtype: torch.dtype, native: bool) -> tuple[Transforme
         if path.suffix != ".gguf":
             raise ModelNotFoundError(f"{path}: expected a checkpoint directory or a .gguf file")
         if native and kernels.available():
-            from codegemma.gguf.native import load_native
+            from codegemma.gguf.native import NoNativeProduct, load_native
 
-            net, tok = load_native(path)
-            return net, tok, f"{net.cfg.name} (gguf)"
+            try:
+                net, tok = load_native(path)
+                return net, tok, f"{net.cfg.name} (gguf)"
+            except NoNativeProduct as error:
+                print(f"codegemma: {error}; loading a dequantized {str(dtype).removeprefix('torch.')} copy",
+                      file=sys.stderr)
         net, tok = _load_gguf(path, dtype)
         return net, tok, f"{net.cfg.name} (gguf {str(dtype).removeprefix('torch.')})"
     net, tok = load_checkpoint(path, dtype)

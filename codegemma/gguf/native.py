@@ -32,6 +32,11 @@ TILE_ELEMENTS = 1 << 23  # weights dequantized at a time for a prefill product: 
 _scratch = threading.local()
 
 
+class NoNativeProduct(CheckpointError):
+    """A GGUF file with weights in a format the native products do not take (IQ4_XS, Q2_K, ...): it loads
+    through the dequantized float copy instead."""
+
+
 def native_formats() -> frozenset[str]:
     """The GGUF formats the native products compute with."""
     return frozenset(kernels.GGUF_TYPES)
@@ -104,7 +109,7 @@ def load_native(path: Path) -> tuple[Transformer, Tokenizer]:
     names = check_tensors(f, config)
     unsupported = sorted({i.qtype.name for i in f.tensors if len(i.shape) == 2} - native_formats())
     if unsupported:
-        raise CheckpointError(f"{path}: {', '.join(unsupported)} weights have no native product")
+        raise NoNativeProduct(f"{path}: {', '.join(unsupported)} weights have no native product")
     tokenizer = cached_tokenizer(path, f)
     config = config.replace(fim_tokens=tokenizer.has_fim,
                             n_tokens=tokenizer.vocab_size if tokenizer.vocab_size < config.vocab_size else None)

@@ -122,3 +122,13 @@ def test_truncated_file_is_a_one_line_error(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         codegemma.load(str(path))
     assert "truncated" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_format_without_native_product_loads_through_the_float_copy(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "tiny.gguf"
+    write_tiny(path, Q.Q5_1)
+    monkeypatch.setattr(kernels, "GGUF_TYPES", {k: v for k, v in kernels.GGUF_TYPES.items() if k != "Q5_1"})
+    engine = codegemma.load(str(path))
+    assert not isinstance(engine.model.lm_head, GGUFLinear) and "Q5_1" not in engine.formats()
+    assert "Q5_1 weights have no native product; loading a dequantized" in capsys.readouterr().err
+    assert len(engine.generate([2, 7, 8], codegemma.GenerateOptions(max_new_tokens=3)).tokens) >= 1
