@@ -90,6 +90,21 @@ static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *mn) {
     }
 }
 
+/* d and m of unit j (of 8) of a K-quant superblock b: Q4_K and Q5_K from their 6-bit scales and mins, Q6_K
+ * its one d (its 16-weight scales are folded into q) */
+static inline __attribute__((always_inline)) void kquant_scale(int type, const uint8_t *b, int j, float *d,
+                                                               float *m) {
+    if (type == G_Q6_K) {
+        *d = half_to_f32(rd16(b + 208));
+        *m = 0.0f;
+        return;
+    }
+    int sc, mn;
+    scale_min_k4(j, b + 4, &sc, &mn);
+    *d = half_to_f32(rd16(b)) * sc;
+    *m = -half_to_f32(rd16(b + 2)) * mn;
+}
+
 /* Unit u (32 weights) of a quantized row as q[32], d and m: weight = d * q + m. */
 static __attribute__((unused)) void unit_scalar(int type, const uint8_t *row, int64_t u, int16_t *q, float *d, float *m) {
     *m = 0.0f;
@@ -127,10 +142,8 @@ static __attribute__((unused)) void unit_scalar(int type, const uint8_t *row, in
     case G_Q4_K: case G_Q5_K: {
         int five = type == G_Q5_K;
         const uint8_t *b = row + (u / 8) * (five ? 176 : 144);
-        int j = (int)(u % 8), sc, mn;
-        scale_min_k4(j, b + 4, &sc, &mn);
-        *d = half_to_f32(rd16(b)) * sc;
-        *m = -half_to_f32(rd16(b + 2)) * mn;
+        int j = (int)(u % 8);
+        kquant_scale(type, b, j, d, m);
         const uint8_t *qh = b + 16, *qs = b + (five ? 48 : 16) + 32 * (j / 2);
         for (int i = 0; i < 32; i++) {
             int v = j & 1 ? qs[i] >> 4 : qs[i] & 0xF;
@@ -144,7 +157,7 @@ static __attribute__((unused)) void unit_scalar(int type, const uint8_t *row, in
         int j = (int)(u % 8), n = j / 4, t = j % 4;
         const uint8_t *ql = b + 64 * n + 32 * (t & 1), *qh = b + 128 + 32 * n;
         const int8_t *sc = (const int8_t *)(b + 192) + 8 * n + 2 * t;
-        *d = half_to_f32(rd16(b + 208));
+        kquant_scale(type, b, j, d, m);
         for (int i = 0; i < 32; i++) {
             int v = (t >= 2 ? ql[i] >> 4 : ql[i] & 0xF) | (((qh[i] >> (2 * t)) & 3) << 4);
             q[i] = (int16_t)((v - 32) * sc[i / 16]);
@@ -199,18 +212,7 @@ static inline __m256i nibbles16(const uint8_t *qs) { /* 16 bytes of nibbles: low
 /* d and m of the 8 units of a K-quant superblock b (Q4_K, Q5_K: 6-bit scales and mins; Q6_K: its one d,
  * the 16-weight scales being folded into q) */
 static inline __attribute__((always_inline)) void superblock_scales(int type, const uint8_t *b, float *d, float *m) {
-    if (type == G_Q6_K) {
-        float dd = half_to_f32(rd16(b + 208));
-        for (int j = 0; j < 8; j++) d[j] = dd, m[j] = 0.0f;
-        return;
-    }
-    float dd = half_to_f32(rd16(b)), dm = half_to_f32(rd16(b + 2));
-    for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        scale_min_k4(j, b + 4, &sc, &mn);
-        d[j] = dd * sc;
-        m[j] = -dm * mn;
-    }
+    for (int j = 0; j < 8; j++) kquant_scale(type, b, j, d + j, m + j);
 }
 
 /* q of unit j (of 8) of a K-quant superblock b, as 32 int16 lanes */
@@ -268,10 +270,7 @@ static inline __attribute__((always_inline)) __m512i unit_simd(int type, const u
     }
     case G_Q4_K: case G_Q5_K: case G_Q6_K: {
         const uint8_t *b = row + (u / 8) * block_bytes(type);
-        float d8[8], m8[8];
-        superblock_scales(type, b, d8, m8);
-        *d = d8[u % 8];
-        *m = m8[u % 8];
+        kquant_scale(type, b, (int)(u % 8), d, m);
         return kquant_q(type, b, (int)(u % 8));
     }
     }
