@@ -21,14 +21,21 @@ from codegemma.model import KVCache, Transformer
 _scratch = threading.local()
 
 
-def _as_float32(w: Tensor) -> Tensor:
-    """w widened to float32 in a buffer reused by this thread: a fresh allocation per product would cost
-    as much as the widening itself (page faults on ~10 MB every time)."""
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.numel() < w.numel():
+def scratch(n: int, dtype: torch.dtype) -> Tensor:
+    """A buffer of n elements of `dtype` reused by this thread, for weights widened or dequantized for one
+    product: a fresh allocation per product would cost as much as the widening itself (page faults on
+    ~10 MB every time)."""
+    buf = getattr(_scratch, str(dtype), None)
+    if buf is None or buf.numel() < n:
         with torch.inference_mode(False):  # a normal tensor: inference tensors refuse updates outside that mode
-            buf = _scratch.buf = torch.empty(w.numel())
-    return buf[:w.numel()].view(w.shape).copy_(w)
+            buf = torch.empty(n, dtype=dtype)
+            setattr(_scratch, str(dtype), buf)
+    return buf[:n]
+
+
+def _as_float32(w: Tensor) -> Tensor:
+    """w widened to float32 in this thread's scratch buffer."""
+    return scratch(w.numel(), torch.float32).view(w.shape).copy_(w)
 
 
 _DTYPE_FORMATS = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int8: "int8"}

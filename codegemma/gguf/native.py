@@ -3,13 +3,13 @@
 Nothing is dequantized to disk or kept as a float copy: decoding and verification (up to kernels.MAX_ROWS
 rows) go through the native GGUF products, a prefill block dequantizes one tile of weight rows at a time
 into a reused buffer (bfloat16 where the CPU multiplies it natively, else float32) and multiplies it with
-PyTorch, and the embedding lookup dequantizes the rows it needs. Norms (F32 in every Gemma file) are the only tensors read into memory. The small things worth
-caching (the SentencePiece model rebuilt from the vocabulary, 0.4 s for 262k tokens) are cached.
+PyTorch, and the embedding lookup dequantizes the rows it needs. Norms (F32 in every Gemma file) are the
+only tensors read into memory. The small thing worth caching (the SentencePiece model rebuilt from the
+vocabulary, 0.4 s for 262k tokens) is cached.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +24,16 @@ from codegemma.errors import CheckpointError
 from codegemma.gguf.convert import check_tensors, dequantize_tensor, gguf_config
 from codegemma.gguf.format import TensorInfo, read_gguf
 from codegemma.gguf.loader import cached_tokenizer
-from codegemma.linear import NativeLinear
+from codegemma.linear import NativeLinear, scratch
 from codegemma.model import Transformer
 from codegemma.tokenizer import Tokenizer
 
 TILE_ELEMENTS = 1 << 23  # weights dequantized at a time for a prefill product: a 16 MB (bf16) or 32 MB buffer
-_scratch = threading.local()
 
 
 class NoNativeProduct(CheckpointError):
     """A GGUF file with weights in a format the native products do not take (IQ4_XS, Q2_K, ...): it loads
     through the dequantized float copy instead."""
-
-
-def native_formats() -> frozenset[str]:
-    """The GGUF formats the native products compute with."""
-    return frozenset(kernels.GGUF_TYPES)
 
 
 class GGUFLinear(NativeLinear):
@@ -66,7 +60,7 @@ class GGUFLinear(NativeLinear):
             step = max(1, TILE_ELEMENTS // self.k)
             for first in range(0, n, step):
                 rows = min(step, n - first)
-                tile = _buffer(rows * self.k, dtype).view(rows, self.k)
+                tile = scratch(rows * self.k, dtype).view(rows, self.k)
                 w = kernels.gguf_dequantize(m, int(t), self.k, first, rows, tile)
                 outs.append(F.linear(x2, w))  # computed before the next tile reuses the buffer
         y = torch.cat(outs, -1) if len(outs) > 1 else outs[0]
@@ -91,23 +85,12 @@ class GGUFEmbedding(nn.Module):
         return out.view(*tokens.shape, self.dim)
 
 
-def _buffer(n: int, dtype: torch.dtype) -> Tensor:
-    """A buffer of at least n elements of `dtype`, reused by this thread (fresh pages per call cost as much as
-    the dequantization)."""
-    buf = getattr(_scratch, str(dtype), None)
-    if buf is None or buf.numel() < n:
-        with torch.inference_mode(False):  # a normal tensor: inference tensors refuse updates outside that mode
-            buf = torch.empty(n, dtype=dtype)
-            setattr(_scratch, str(dtype), buf)
-    return buf[:n]
-
-
 def load_native(path: Path) -> tuple[Transformer, Tokenizer]:
     """The model of a GGUF file over its own blocks (float32 activations), and its tokenizer."""
     f = read_gguf(path)
     config = gguf_config(f)
     names = check_tensors(f, config)
-    unsupported = sorted({i.qtype.name for i in f.tensors if len(i.shape) == 2} - native_formats())
+    unsupported = sorted({i.qtype.name for i in f.tensors if len(i.shape) == 2} - set(kernels.GGUF_TYPES))
     if unsupported:
         raise NoNativeProduct(f"{path}: {', '.join(unsupported)} weights have no native product")
     tokenizer = cached_tokenizer(path, f)
