@@ -89,11 +89,12 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
     """Load an Engine. `draft` optionally names a smaller model with the same tokenizer for speculation."""
     torch_dtype = parse_dtype(dtype)
     native = dtype is None and not int8  # a GGUF file runs in its own formats unless a copy is asked for
-    net, tokenizer, name = _load_path(resolve(model), torch_dtype, native)
+    source = resolve(model)
+    net, tokenizer, name = _load_path(source, torch_dtype, native)
     ctx = max_seq_len or int(os.environ.get("CODEGEMMA_CTX", DEFAULT_CTX))
     net.setup_cache(min(ctx, net.cfg.max_seq_len))
     if int8:
-        _quantize_cached(net, resolve(model), torch_dtype)
+        _quantize_cached(net, source, torch_dtype)
     else:
         use_native(net)
     draft_net = None

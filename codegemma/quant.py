@@ -36,10 +36,6 @@ class Int8Linear(NativeLinear):
         self.dtype = dtype
         self.native = kernels.Weights([q], [self.scales]) if kernels.available() else None
 
-    @classmethod
-    def quantize(cls, weight: Tensor, dtype: torch.dtype) -> Int8Linear:
-        return cls(*quantize_rows(weight), dtype)
-
     def torch_product(self, x: Tensor) -> Tensor:
         shape = x.shape
         out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.scales)
