@@ -112,6 +112,9 @@ def test_cache_holds_only_the_tokenizer(tmp_path):
     assert sum(p.stat().st_size for p in files) < 1 << 20
     again = codegemma.load(str(path))  # from the cached tokenizer
     assert again.tokenizer.vocab_size == len(TOKENS)
+    files[0].write_bytes(b"damaged")  # a damaged cached tokenizer is rebuilt
+    assert codegemma.load(str(path)).tokenizer.vocab_size == len(TOKENS)
+    assert files[0].stat().st_size > 1000
 
 
 def test_truncated_file_is_a_one_line_error(tmp_path):
