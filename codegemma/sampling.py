@@ -44,6 +44,8 @@ class Sampler:
             sorted_p, order = torch.sort(probs, dim=-1, descending=True)
             # keep the smallest set whose mass reaches top_p (the first token always stays)
             drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
+            # said, not left to the comparison: a top_p below float32's range (1e-300) is 0.0 there
+            drop[..., 0] = False
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
             probs = probs / probs.sum(-1, keepdim=True)

@@ -193,3 +193,11 @@ def test_fim_aliases_give_a_plain_vocabulary_fim_ids():
     assert (aliased.fim_prefix_id, aliased.fim_suffix_id, aliased.fim_middle_id, aliased.file_separator_id) == (
         10, 11, 12, 13)
     assert {10, 11, 12, 13, plain.eos_id} <= aliased.stop_ids
+
+
+def test_a_top_p_below_float32_range_keeps_the_most_likely_token():
+    logits = torch.tensor([0.5, 3.0, -1.0, 2.9])
+    sampler = Sampler(temperature=0.8, top_p=1e-300, seed=0)  # 0.0 once compared in float32
+    probs = sampler.probs(logits)
+    assert torch.equal(probs, torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    assert sampler.sample(logits) == 1
