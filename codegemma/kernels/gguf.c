@@ -210,9 +210,24 @@ static inline __m256i nibbles16(const uint8_t *qs) { /* 16 bytes of nibbles: low
 }
 
 /* d and m of the 8 units of a K-quant superblock b (Q4_K, Q5_K: 6-bit scales and mins; Q6_K: its one d,
- * the 16-weight scales being folded into q) */
-static inline __attribute__((always_inline)) void superblock_scales(int type, const uint8_t *b, float *d, float *m) {
-    for (int j = 0; j < 8; j++) kquant_scale(type, b, j, d + j, m + j);
+ * the 16-weight scales being folded into q). The 12 bytes of scales and mins unpack with 32-bit word
+ * operations, 4 units at a time, as scale_min_k4 reads them one by one: the scalar loop cost more than a
+ * superblock's products with one input row. */
+static inline __attribute__((always_inline)) void superblock_scales(int type, const uint8_t *b, __m256 *d,
+                                                                    __m256 *m) {
+    float d0 = half_to_f32(rd16(b + (type == G_Q6_K ? 208 : 0)));
+    if (type == G_Q6_K) {
+        *d = _mm256_set1_ps(d0);
+        *m = _mm256_setzero_ps();
+        return;
+    }
+    uint32_t w0 = rd32(b + 4), w1 = rd32(b + 8), w2 = rd32(b + 12);
+    uint64_t sc = (uint64_t)(w0 & 0x3F3F3F3Fu) | (uint64_t)((w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u)) << 32;
+    uint64_t mn = (uint64_t)(w1 & 0x3F3F3F3Fu) | (uint64_t)(((w2 >> 4) & 0x0F0F0F0Fu) | ((w1 >> 2) & 0x30303030u)) << 32;
+    __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
+    __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)));
+    *d = _mm256_mul_ps(_mm256_set1_ps(d0), scf);
+    *m = _mm256_mul_ps(_mm256_set1_ps(-half_to_f32(rd16(b + 2))), mnf);
 }
 
 /* q of unit j (of 8) of a K-quant superblock b, as 32 int16 lanes */
@@ -294,15 +309,16 @@ static inline __attribute__((always_inline)) void unit_float_simd(int type, cons
     }
 }
 
-/* out[m] = row . x[m] for M prepared rows; always inlined, so the call with M = 1 gets its own loop. Each
- * input row keeps two accumulators, for even and odd units: one would make every unit wait for the
- * previous unit's multiply-add (4 cycles), which with one input row costs more than reading the weights. */
+/* out[m] = row . x[m] for M prepared rows; always inlined with M a constant (rows_for below), so that the
+ * accumulators stay in registers. One accumulator per input row, the same for every M so that a row's
+ * result does not depend on its companions: the chain of multiply-adds (4 cycles a unit) is shorter than
+ * a unit's decoding, so two (even and odd units) measured no faster with one row and spilled with many. */
 static inline __attribute__((always_inline)) void row_products(int type, const uint8_t *row, int64_t K,
                                                                const xprep *x, int M, float *out) {
-    __m512 acc[MAX_M][2];
+    __m512 acc[MAX_M];
     float msum[MAX_M];
     for (int r = 0; r < M; r++) {
-        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        acc[r] = _mm512_setzero_ps();
         msum[r] = 0.0f;
     }
     int64_t units = K / UNIT;
@@ -311,8 +327,8 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
             __m512 w0, w1;
             unit_float_simd(type, row, u, &w0, &w1);
             for (int r = 0; r < M; r++) {
-                acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[r].xf + u * UNIT), acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r].xf + u * UNIT + 16), acc[r][1]);
+                acc[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[r].xf + u * UNIT), acc[r]);
+                acc[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r].xf + u * UNIT + 16), acc[r]);
             }
         }
     } else {
@@ -320,38 +336,47 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
 /* one line of the next row per unit: the rows of a thread follow each other in memory */
 #define PREFETCH_NEXT_ROW(u) \
     if ((u) * 64 < bytes) _mm_prefetch((const char *)row + bytes + (u) * 64, _MM_HINT_T0)
-#define ACCUMULATE(q, d, m, u)                                                                              \
+#define ACCUMULATE(q, d, u)                                                                                 \
     for (int r = 0; r < M; r++) {                                                                       \
         __m512i p = _mm512_madd_epi16(q, _mm512_loadu_si512((const void *)(x[r].xq + (u) * UNIT)));     \
         __m512 scale = _mm512_set1_ps((d) * x[r].sx[u]);                                                \
-        acc[r][(u) & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r][(u) & 1]);                 \
-        if (has_offsets(type)) msum[r] += (m) * x[r].xs[u];                                            \
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r]);                                 \
     }
         if (type == G_Q4_K || type == G_Q5_K || type == G_Q6_K) {
-            /* a superblock's scales once for its 8 units, not once per unit */
+            /* a superblock's scales once for its 8 units, not once per unit; its offsets times the 8 unit
+             * sums of each input row in one product */
+            __m256 moff[MAX_M];
+            for (int r = 0; r < M; r++) moff[r] = _mm256_setzero_ps();
             for (int64_t sb = 0; sb < units / 8; sb++) {
                 const uint8_t *b = row + sb * block_bytes(type);
-                float d8[8], m8[8];
-                superblock_scales(type, b, d8, m8);
+                __m256 dv, mv;
+                superblock_scales(type, b, &dv, &mv);
+                float d8[8];
+                _mm256_storeu_ps(d8, dv);
                 for (int j = 0; j < 8; j++) {
                     int64_t u = sb * 8 + j;
                     PREFETCH_NEXT_ROW(u);
                     __m512i q = kquant_q(type, b, j);
-                    ACCUMULATE(q, d8[j], m8[j], u)
+                    ACCUMULATE(q, d8[j], u)
                 }
+                if (has_offsets(type))
+                    for (int r = 0; r < M; r++) moff[r] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(x[r].xs + sb * 8), moff[r]);
             }
+            for (int r = 0; r < M; r++) acc[r] = _mm512_add_ps(acc[r], _mm512_zextps256_ps512(moff[r]));
         } else {
             for (int64_t u = 0; u < units; u++) {
                 float d, m;
                 PREFETCH_NEXT_ROW(u);
                 __m512i q = unit_simd(type, row, u, &d, &m);
-                ACCUMULATE(q, d, m, u)
+                ACCUMULATE(q, d, u)
+                if (has_offsets(type))
+                    for (int r = 0; r < M; r++) msum[r] += m * x[r].xs[u];
             }
         }
 #undef PREFETCH_NEXT_ROW
 #undef ACCUMULATE
     }
-    for (int r = 0; r < M; r++) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1])) + msum[r];
+    for (int r = 0; r < M; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + msum[r];
 }
 #else
 static inline __attribute__((always_inline)) void row_products(int type, const uint8_t *row, int64_t K,
@@ -381,16 +406,25 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
 #endif
 
 /* row_products compiled once per type (the type a constant, so each gets its own decoding loop, and the
- * offset sums only where the format has offsets), and once more for one input row */
+ * offset sums only where the format has offsets) and per number of input rows up to ROW_GROUP (a constant
+ * too, so that the accumulators stay in registers). More rows go in groups of about equal size, each
+ * decoding the weight row again: 16 rows at once would spill their accumulators, costing more. */
+enum { ROW_GROUP = 8 };
 typedef void (*rows_fn)(const uint8_t *row, int64_t K, const xprep *x, int M, float *out);
+#define ROWS_M(T, m) \
+    case m: row_products(T, row, K, x + r0, m, out + r0); break;
 #define ROWS_FOR(T)                                                                                     \
     static void rows_##T(const uint8_t *row, int64_t K, const xprep *x, int M, float *out) {           \
-        if (M == 1)                                                                                     \
-            row_products(T, row, K, x, 1, out);                                                         \
-        else                                                                                            \
-            row_products(T, row, K, x, M, out);                                                         \
+        int groups = (M + ROW_GROUP - 1) / ROW_GROUP, size = (M + groups - 1) / groups;               \
+        for (int r0 = 0; r0 < M; r0 += size) {                                                          \
+            switch (M - r0 < size ? M - r0 : size) {                                                    \
+                ROWS_M(T, 1) ROWS_M(T, 2) ROWS_M(T, 3) ROWS_M(T, 4)                                     \
+                ROWS_M(T, 5) ROWS_M(T, 6) ROWS_M(T, 7) ROWS_M(T, 8)                                     \
+            }                                                                                           \
+        }                                                                                               \
     }
 FOR_EACH_TYPE(ROWS_FOR)
+#undef ROWS_M
 
 static rows_fn rows_for(int type) {
 #define ROWS_CASE(T) \
