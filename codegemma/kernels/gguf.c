@@ -176,27 +176,37 @@ static __attribute__((unused)) void unit_float_scalar(int type, const uint8_t *r
     }
 }
 
-/* An input row prepared for the products: float, int16 fixed point per unit with its scale, unit sums. */
+/* An input row prepared for the products: float, int16 fixed point per unit with its scale, unit sums, and
+ * (K a multiple of 256) int16 fixed point per 256 values for the K-quants, whose superblocks then sum
+ * their 8 units in integers. */
 typedef struct {
     const float *xf; /* [K] */
     int16_t *xq;     /* [K] */
     float *sx;       /* [K / 32] xf ~= xq * sx */
     float *xs;       /* [K / 32] sum of xf over the unit */
+    int16_t *xk;     /* [K] */
+    float *sk;       /* [K / 256] xf ~= xk * sk */
 } xprep;
+
+/* v[0..n) as int16 fixed point q with the returned scale: v ~= q * scale */
+static float fixed16(const float *v, int n, int16_t *q) {
+    float mx = 0.0f;
+    for (int i = 0; i < n; i++) mx = fmaxf(mx, fabsf(v[i]));
+    float inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
+    for (int i = 0; i < n; i++) q[i] = (int16_t)lrintf(v[i] * inv);
+    return mx / 32767.0f;
+}
 
 static void prepare_row(xprep *x, int64_t K) {
     for (int64_t u = 0; u < K / UNIT; u++) {
         const float *v = x->xf + u * UNIT;
-        float mx = 0.0f, sum = 0.0f;
-        for (int i = 0; i < UNIT; i++) {
-            mx = fmaxf(mx, fabsf(v[i]));
-            sum += v[i];
-        }
-        float inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
-        x->sx[u] = mx / 32767.0f;
+        float sum = 0.0f;
+        for (int i = 0; i < UNIT; i++) sum += v[i];
         x->xs[u] = sum;
-        for (int i = 0; i < UNIT; i++) x->xq[u * UNIT + i] = (int16_t)lrintf(v[i] * inv);
+        x->sx[u] = fixed16(v, UNIT, x->xq + u * UNIT);
     }
+    if (K % SUPER == 0)
+        for (int64_t sb = 0; sb < K / SUPER; sb++) x->sk[sb] = fixed16(x->xf + sb * SUPER, SUPER, x->xk + sb * SUPER);
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -209,28 +219,35 @@ static inline __m256i nibbles16(const uint8_t *qs) { /* 16 bytes of nibbles: low
                                    _mm_and_si128(_mm_srli_epi16(v, 4), m), 1);
 }
 
-/* d and m of the 8 units of a K-quant superblock b (Q4_K, Q5_K: 6-bit scales and mins; Q6_K: its one d,
- * the 16-weight scales being folded into q). The 12 bytes of scales and mins unpack with 32-bit word
- * operations, 4 units at a time, as scale_min_k4 reads them one by one: the scalar loop cost more than a
- * superblock's products with one input row. */
-static inline __attribute__((always_inline)) void superblock_scales(int type, const uint8_t *b, __m256 *d,
-                                                                    __m256 *m) {
-    float d0 = half_to_f32(rd16(b + (type == G_Q6_K ? 208 : 0)));
+/* The scales of a K-quant superblock b: its d, the 8 units' integer scales (Q4_K, Q5_K: 6 bits; Q6_K: 1,
+ * its 16-weight scales being folded into q) and their offsets m as floats. The 12 bytes of 6-bit scales
+ * and mins unpack with 32-bit word operations, 4 at a time, as scale_min_k4 reads them one by one: the
+ * scalar loop cost more than a superblock's products with one input row. */
+static inline __attribute__((always_inline)) float superblock_scales(int type, const uint8_t *b, uint64_t *sc,
+                                                                     __m256 *m) {
     if (type == G_Q6_K) {
-        *d = _mm256_set1_ps(d0);
+        *sc = 0x0101010101010101ull;
         *m = _mm256_setzero_ps();
-        return;
+        return half_to_f32(rd16(b + 208));
     }
     uint32_t w0 = rd32(b + 4), w1 = rd32(b + 8), w2 = rd32(b + 12);
-    uint64_t sc = (uint64_t)(w0 & 0x3F3F3F3Fu) | (uint64_t)((w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u)) << 32;
+    *sc = (uint64_t)(w0 & 0x3F3F3F3Fu) | (uint64_t)((w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u)) << 32;
     uint64_t mn = (uint64_t)(w1 & 0x3F3F3F3Fu) | (uint64_t)(((w2 >> 4) & 0x0F0F0F0Fu) | ((w1 >> 2) & 0x30303030u)) << 32;
-    __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
     __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)));
-    *d = _mm256_mul_ps(_mm256_set1_ps(d0), scf);
     *m = _mm256_mul_ps(_mm256_set1_ps(-half_to_f32(rd16(b + 2))), mnf);
+    return half_to_f32(rd16(b));
 }
 
-/* q of unit j (of 8) of a K-quant superblock b, as 32 int16 lanes */
+/* acc + the pairwise products of a and b summed into 16 int32 lanes */
+static inline __attribute__((always_inline)) __m512i dot_add(__m512i acc, __m512i a, __m512i b) {
+#ifdef __AVX512VNNI__
+    return _mm512_dpwssd_epi32(acc, a, b);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+
+/* q of unit j (of 8) of a K-quant superblock b, as 32 int16 lanes (Q4_K, Q5_K: before their scales) */
 static inline __attribute__((always_inline)) __m512i kquant_q(int type, const uint8_t *b, int j) {
     if (type == G_Q6_K) {
         int n = j / 4, t = j % 4;
@@ -343,24 +360,31 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
         acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r]);                                 \
     }
         if (type == G_Q4_K || type == G_Q5_K || type == G_Q6_K) {
-            /* a superblock's scales once for its 8 units, not once per unit; its offsets times the 8 unit
-             * sums of each input row in one product */
+            /* A superblock's 8 units share d and their scales are small integers, so with the input in fixed
+             * point per 256 values the superblock sums in int32 (q * scale <= 4096 in magnitude, times
+             * 32767, 16 products a lane: < 2^31) and converts to float once. Its offsets multiply the 8
+             * unit sums of each input row in one product. */
             __m256 moff[MAX_M];
             for (int r = 0; r < M; r++) moff[r] = _mm256_setzero_ps();
             for (int64_t sb = 0; sb < units / 8; sb++) {
                 const uint8_t *b = row + sb * block_bytes(type);
-                __m256 dv, mv;
-                superblock_scales(type, b, &dv, &mv);
-                float d8[8];
-                _mm256_storeu_ps(d8, dv);
+                uint64_t sc;
+                __m256 mv;
+                float d = superblock_scales(type, b, &sc, &mv);
+                __m512i isum[MAX_M];
+                for (int r = 0; r < M; r++) isum[r] = _mm512_setzero_si512();
                 for (int j = 0; j < 8; j++) {
                     int64_t u = sb * 8 + j;
                     PREFETCH_NEXT_ROW(u);
                     __m512i q = kquant_q(type, b, j);
-                    ACCUMULATE(q, d8[j], u)
+                    if (type != G_Q6_K) q = _mm512_mullo_epi16(q, _mm512_set1_epi16((short)((sc >> (8 * j)) & 0xFF)));
+                    for (int r = 0; r < M; r++)
+                        isum[r] = dot_add(isum[r], q, _mm512_loadu_si512((const void *)(x[r].xk + u * UNIT)));
                 }
-                if (has_offsets(type))
-                    for (int r = 0; r < M; r++) moff[r] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(x[r].xs + sb * 8), moff[r]);
+                for (int r = 0; r < M; r++) {
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(d * x[r].sk[sb]), acc[r]);
+                    if (has_offsets(type)) moff[r] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(x[r].xs + sb * 8), moff[r]);
+                }
             }
             for (int r = 0; r < M; r++) acc[r] = _mm512_add_ps(acc[r], _mm512_zextps256_ps512(moff[r]));
         } else {
@@ -450,7 +474,8 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         N += Ns[i];
     }
     int units = (int)(K / UNIT);
-    size_t per_row = (size_t)K * 2 + (size_t)K / 2 + 2 * (size_t)units; /* floats: xf, xq (halves), sx, xs */
+    /* floats: xf, xq (halves), sx, xs, xk (halves), sk */
+    size_t per_row = (size_t)K * 2 + 2 * (size_t)units + (size_t)K / 2 + (size_t)K / SUPER;
     float *buf = (float *)malloc(sizeof(float) * per_row * M);
     float *yf = !y_bf16 && !glu ? (float *)y : (float *)malloc(sizeof(float) * (size_t)M * N);
     xprep xs[MAX_M];
@@ -464,6 +489,8 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         xs[r].xq = (int16_t *)(xf + K);
         xs[r].sx = xf + K + K / 2;
         xs[r].xs = xs[r].sx + units;
+        xs[r].xk = (int16_t *)(xs[r].xs + units);
+        xs[r].sk = (float *)(xs[r].xk + K);
         prepare_row(&xs[r], K);
     }
 #pragma omp parallel
