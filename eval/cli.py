@@ -161,7 +161,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     engine = load_engine(args.model, args.dtype, args.int8)
     settings = Settings(model=engine.name, n=args.n, temperature=args.temperature,
                         top_p=args.top_p if args.top_p is not None else (0.95 if args.temperature > 0 else 1.0),
-                        max_tokens=args.max_tokens, speculative=not args.no_speculative,
+                        max_tokens=args.max_tokens, speculative=False if args.no_speculative else None,
                         context_files=args.context_files, seed=args.seed)
     with sandbox_from(args) as sandbox:
         with Run(args.out, settings, sandbox) as evaluation, progress_bar(len(evaluation.pending(tasks))) as on_record:
