@@ -57,6 +57,7 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="checkpoint dir or .gguf (default: the embedded model)")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--quant", choices=("int8", "q8_0", "q4"), help="weights quantized once and cached: int8, q8_0 or q4 (GGUF block formats on the native products)")
     parser.add_argument("--no-speculative", action="store_true")
     parser.add_argument("--context-files", type=int, default=0, help="other tasks' code attached as context")
     parser.add_argument("--out", type=Path, default=Path("eval-out"), help="results and report (resumable)")
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         tasks = [t for benchmark in loaded for t in select(benchmark, None, args.limit)]
     started = time.monotonic()
-    engine = load_engine(args.model, args.dtype, args.int8)
+    engine = load_engine(args.model, args.dtype, args.int8, quant=args.quant)
     settings = Settings(model=engine.name, n=args.n, temperature=args.temperature,
                         top_p=args.top_p if args.top_p is not None else (0.95 if args.temperature > 0 else 1.0),
                         max_tokens=args.max_tokens, speculative=False if args.no_speculative else None,
