@@ -176,17 +176,26 @@ static __attribute__((unused)) void unit_float_scalar(int type, const uint8_t *r
     }
 }
 
-/* An input row prepared for the products: float, int16 fixed point per unit with its scale, unit sums, and
- * (K a multiple of 256) int16 fixed point per 256 values for the K-quants, whose superblocks then sum
- * their 8 units in integers. */
+/* An input row prepared for the products: float, int16 fixed point per unit with its scale (the portable
+ * products), unit sums, and int16 fixed point per group of 32-256 values (group_of) for the vector products:
+ * K-quant superblocks sum their 8 units in integers, and the other formats apply the input's scale once per
+ * group rather than once per unit and input row. */
 typedef struct {
     const float *xf; /* [K] */
     int16_t *xq;     /* [K] */
     float *sx;       /* [K / 32] xf ~= xq * sx */
     float *xs;       /* [K / 32] sum of xf over the unit */
     int16_t *xk;     /* [K] */
-    float *sk;       /* [K / 256] xf ~= xk * sk */
+    float *sk;       /* [K / group_of(K)] xf ~= xk * sk */
 } xprep;
+
+/* values per input scale of xk: 256 (a K-quant superblock) where K allows, else the largest power of two
+ * from 128 down to 32 that divides K (Gemma 3 270M: 640 = 5 * 128) */
+static inline int64_t group_of(int64_t K) {
+    int64_t g = SUPER;
+    while (g > UNIT && K % g) g /= 2;
+    return g;
+}
 
 /* v[0..n) as int16 fixed point q with the returned scale: v ~= q * scale */
 static float fixed16(const float *v, int n, int16_t *q) {
@@ -205,8 +214,8 @@ static void prepare_row(xprep *x, int64_t K) {
         x->xs[u] = sum;
         x->sx[u] = fixed16(v, UNIT, x->xq + u * UNIT);
     }
-    if (K % SUPER == 0)
-        for (int64_t sb = 0; sb < K / SUPER; sb++) x->sk[sb] = fixed16(x->xf + sb * SUPER, SUPER, x->xk + sb * SUPER);
+    int64_t g = group_of(K);
+    for (int64_t i = 0; i < K / g; i++) x->sk[i] = fixed16(x->xf + i * g, (int)g, x->xk + i * g);
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -353,12 +362,6 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
 /* one line of the next row per unit: the rows of a thread follow each other in memory */
 #define PREFETCH_NEXT_ROW(u) \
     if ((u) * 64 < bytes) _mm_prefetch((const char *)row + bytes + (u) * 64, _MM_HINT_T0)
-#define ACCUMULATE(q, d, u)                                                                                 \
-    for (int r = 0; r < M; r++) {                                                                       \
-        __m512i p = _mm512_madd_epi16(q, _mm512_loadu_si512((const void *)(x[r].xq + (u) * UNIT)));     \
-        __m512 scale = _mm512_set1_ps((d) * x[r].sx[u]);                                                \
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r]);                                 \
-    }
         if (type == G_Q4_K || type == G_Q5_K || type == G_Q6_K) {
             /* A superblock's 8 units share d and their scales are small integers, so with the input in fixed
              * point per 256 values the superblock sums in int32 (q * scale <= 4096 in magnitude, times
@@ -388,17 +391,26 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
             }
             for (int r = 0; r < M; r++) acc[r] = _mm512_add_ps(acc[r], _mm512_zextps256_ps512(moff[r]));
         } else {
-            for (int64_t u = 0; u < units; u++) {
-                float d, m;
-                PREFETCH_NEXT_ROW(u);
-                __m512i q = unit_simd(type, row, u, &d, &m);
-                ACCUMULATE(q, d, u)
-                if (has_offsets(type))
-                    for (int r = 0; r < M; r++) msum[r] += m * x[r].xs[u];
+            /* per unit: its own d, shared by the input rows; per group of units: each row's input scale */
+            const int64_t per_group = group_of(K) / UNIT;
+            for (int64_t g0 = 0; g0 < units; g0 += per_group) {
+                __m512 gacc[MAX_M];
+                for (int r = 0; r < M; r++) gacc[r] = _mm512_setzero_ps();
+                for (int64_t u = g0; u < g0 + per_group; u++) {
+                    float d, m;
+                    PREFETCH_NEXT_ROW(u);
+                    __m512i q = unit_simd(type, row, u, &d, &m);
+                    __m512 dv = _mm512_set1_ps(d);
+                    for (int r = 0; r < M; r++) {
+                        __m512i p = _mm512_madd_epi16(q, _mm512_loadu_si512((const void *)(x[r].xk + u * UNIT)));
+                        gacc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), dv, gacc[r]);
+                        if (has_offsets(type)) msum[r] += m * x[r].xs[u];
+                    }
+                }
+                for (int r = 0; r < M; r++) acc[r] = _mm512_fmadd_ps(gacc[r], _mm512_set1_ps(x[r].sk[g0 / per_group]), acc[r]);
             }
         }
 #undef PREFETCH_NEXT_ROW
-#undef ACCUMULATE
     }
     for (int r = 0; r < M; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + msum[r];
 }
@@ -475,7 +487,7 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
     }
     int units = (int)(K / UNIT);
     /* floats: xf, xq (halves), sx, xs, xk (halves), sk */
-    size_t per_row = (size_t)K * 2 + 2 * (size_t)units + (size_t)K / 2 + (size_t)K / SUPER;
+    size_t per_row = (size_t)K * 2 + 2 * (size_t)units + (size_t)K / 2 + (size_t)units;
     float *buf = (float *)malloc(sizeof(float) * per_row * M);
     float *yf = !y_bf16 && !glu ? (float *)y : (float *)malloc(sizeof(float) * (size_t)M * N);
     xprep xs[MAX_M];
