@@ -17,6 +17,7 @@
  * results to decoding one token at a time.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -446,17 +447,24 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
  * too, so that the accumulators stay in registers). More rows go in groups of about equal size, each
  * decoding the weight row again: 16 rows at once would spill their accumulators, costing more. */
 enum { ROW_GROUP = 8 };
-typedef void (*rows_fn)(const uint8_t *row, int64_t K, const xprep *x, int M, float *out);
+/* weight rows [n0, n1) of W (`bytes` apart) times the M input rows into y[r * ldy + n] */
+typedef void (*rows_fn)(const uint8_t *W, int64_t bytes, int64_t n0, int64_t n1, int64_t K, const xprep *x, int M,
+                        float *y, int64_t ldy);
 #define ROWS_M(T, m) \
-    case m: row_products(T, row, K, x + r0, m, out + r0); break;
+    case m: row_products(T, W + n * bytes, K, x + r0, m, out + r0); break;
 #define ROWS_FOR(T)                                                                                     \
-    static void rows_##T(const uint8_t *row, int64_t K, const xprep *x, int M, float *out) {           \
+    static void rows_##T(const uint8_t *W, int64_t bytes, int64_t n0, int64_t n1, int64_t K, const xprep *x, \
+                         int M, float *y, int64_t ldy) {                                                \
         int groups = (M + ROW_GROUP - 1) / ROW_GROUP, size = (M + groups - 1) / groups;               \
-        for (int r0 = 0; r0 < M; r0 += size) {                                                          \
-            switch (M - r0 < size ? M - r0 : size) {                                                    \
-                ROWS_M(T, 1) ROWS_M(T, 2) ROWS_M(T, 3) ROWS_M(T, 4)                                     \
-                ROWS_M(T, 5) ROWS_M(T, 6) ROWS_M(T, 7) ROWS_M(T, 8)                                     \
+        for (int64_t n = n0; n < n1; n++) {                                                             \
+            float out[MAX_M];                                                                           \
+            for (int r0 = 0; r0 < M; r0 += size) {                                                      \
+                switch (M - r0 < size ? M - r0 : size) {                                                \
+                    ROWS_M(T, 1) ROWS_M(T, 2) ROWS_M(T, 3) ROWS_M(T, 4)                                 \
+                    ROWS_M(T, 5) ROWS_M(T, 6) ROWS_M(T, 7) ROWS_M(T, 8)                                 \
+                }                                                                                       \
             }                                                                                           \
+            for (int r = 0; r < M; r++) y[r * ldy + n] = out[r];                                        \
         }                                                                                               \
     }
 FOR_EACH_TYPE(ROWS_FOR)
@@ -507,16 +515,11 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
     }
 #pragma omp parallel
     {
-        int64_t offset = 0;
-        float out[MAX_M];
+        /* each thread an equal share of each matrix's rows, as a static schedule would give */
+        int64_t offset = 0, t = omp_get_thread_num(), threads = omp_get_num_threads();
         for (int i = 0; i < n_w; i++) {
-            int64_t bytes = cg_row_bytes(types[i], K);
-            rows_fn rows = rows_for(types[i]);
-#pragma omp for schedule(static) nowait
-            for (int64_t n = 0; n < Ns[i]; n++) {
-                rows((const uint8_t *)Ws[i] + n * bytes, K, xs, M, out);
-                for (int r = 0; r < M; r++) yf[(size_t)r * N + offset + n] = out[r];
-            }
+            rows_for(types[i])((const uint8_t *)Ws[i], cg_row_bytes(types[i], K), Ns[i] * t / threads,
+                               Ns[i] * (t + 1) / threads, K, xs, M, yf + offset, N);
             offset += Ns[i];
         }
     }
