@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from codegemma import kernels
 from codegemma.contract import GenerateOptions
 from codegemma.drafters import Drafter, ModelDrafter, NGramDrafter
 from codegemma.errors import PromptTooLongError
@@ -22,9 +23,10 @@ from codegemma.sampling import Sampler
 from codegemma.speculation import VerifyCost, measure_verify_cost
 from codegemma.tokenizer import Tokenizer
 
-# The longest draft the engine verifies; the draft policy picks shorter ones from the measured cost of
-# verification and the acceptance it sees (codegemma.speculation).
-DEFAULT_MAX_DRAFT = 16
+# The longest draft the engine verifies: with the token before it, the most rows the native products take
+# (a 17th row would send the pass through prefill's dequantized tiles). The draft policy picks shorter ones
+# from the measured cost of verification and the acceptance it sees (codegemma.speculation).
+DEFAULT_MAX_DRAFT = kernels.MAX_ROWS - 1
 
 
 class Engine:
@@ -45,7 +47,8 @@ class Engine:
         the embedded model). Measuring overwrites the model's KV cache, so the prompt cache starts over."""
         if self._verify_cost is None:
             self.prompt_cache.commit([], None)
-            self._verify_cost = measure_verify_cost(self.model)
+            ks = tuple(k for k in (1, 2, 4, 8, self.max_draft) if k <= self.max_draft)
+            self._verify_cost = measure_verify_cost(self.model, tuple(sorted(set(ks))))
         return self._verify_cost
 
     @property

@@ -64,8 +64,8 @@ FREE = VerifyCost(((0, 1.0), (1, 1.0)))  # a cost table in which drafts cost not
 
 
 @torch.inference_mode()
-def measure_verify_cost(model: Transformer, ks: tuple[int, ...] = (1, 2, 4, 8, 16), depth: int = 256,
-                        reps: int = 5) -> VerifyCost:
+def measure_verify_cost(model: Transformer, ks: tuple[int, ...] = (1, 2, 4, 8, 15), depth: int = 128,
+                        reps: int = 3) -> VerifyCost:
     """Time forward passes over 1 + k positions after `depth` cached ones, interleaved over the ks so that
     drift of the machine's speed hits all alike, best of `reps` each. Overwrites the model's KV cache from
     position 0: callers must drop whatever their prompt cache believed it held."""
