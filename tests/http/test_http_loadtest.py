@@ -22,6 +22,8 @@ def test_percentile():
 def test_loadtest_rejects_bad_arguments(capsys):
     assert main(["--clients", "0"]) == 2
     assert "--clients" in capsys.readouterr().err
+    assert main(["--parallel", "17"]) == 2
+    assert "--parallel must be 1..16" in capsys.readouterr().err
 
 
 def test_loadtest_with_a_tiny_engine(capsys):
@@ -32,6 +34,11 @@ def test_loadtest_with_a_tiny_engine(capsys):
     assert report["survived"] and report["after_ok"] and report["ok"] >= 1
     assert report["status_counts"].get("200", 0) == report["ok"]
     assert 0 < report["p50_ms"] <= report["p95_ms"] and report["peak_rss_mb"] > 0
+    # the same load with one slot, in the same run, and the throughput ratio
+    one_slot = report["one_slot"]
+    assert report["parallel"] == 4 and one_slot["parallel"] == 1 and one_slot["ok"] >= 1
+    assert report["batching_speedup"] == round(report["throughput_rps"] / one_slot["throughput_rps"], 2)
+    assert (report["one_slot_p50_ms"], report["one_slot_p95_ms"]) == (one_slot["p50_ms"], one_slot["p95_ms"])
 
 
 @pytest.mark.slow
