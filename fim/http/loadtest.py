@@ -164,6 +164,18 @@ async def normal_request(client: httpx.AsyncClient, url: str, args: argparse.Nam
         await asyncio.sleep(float(response.headers.get("retry-after", "1") or 1))
 
 
+def prefill_share(metrics: str) -> float | None:
+    """The share of the model's time (prefill + decode, summed over completions) spent in prefill, from the
+    server's /metrics: what batched decoding cannot share (Amdahl's bound on `batching_speedup`)."""
+    sums = {}
+    for line in metrics.splitlines():
+        for stage in ("prefill", "decode"):
+            if line.startswith(f'codegemma_completion_stage_seconds_sum{{stage="{stage}"}} '):
+                sums[stage] = float(line.split()[-1])
+    total = sums.get("prefill", 0.0) + sums.get("decode", 0.0)
+    return round(sums["prefill"] / total, 3) if total else None
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -196,6 +208,7 @@ async def run(args: argparse.Namespace, parallel: int) -> dict:
             elapsed = time.monotonic() - start
             survived = server.alive()
             after_ok = survived and await normal_request(client, server.url, args)
+            share = prefill_share((await client.get(f"{server.url}/metrics")).text) if survived else None
             server.sample_rss()
     finally:
         server.stop()
@@ -204,7 +217,7 @@ async def run(args: argparse.Namespace, parallel: int) -> dict:
     return {**report, "requests": len(results), "ok": len(ok), "elapsed_s": round(elapsed, 2),
             "throughput_rps": round(len(ok) / elapsed, 3), "p50_ms": round(1000 * percentile(ok, 0.5), 1),
             "p95_ms": round(1000 * percentile(ok, 0.95), 1), "status_counts": dict(Counter(s for s, _ in results)),
-            "peak_rss_mb": round(peak_mb, 1), "survived": survived, "after_ok": after_ok,
+            "peak_rss_mb": round(peak_mb, 1), "prefill_share": share, "survived": survived, "after_ok": after_ok,
             "passed": survived and after_ok and peak_mb <= args.max_rss_mb and bool(ok)}
 
 
@@ -226,6 +239,7 @@ def _print_run(label: str, report: dict, args: argparse.Namespace) -> None:
     print(f"  throughput {report['throughput_rps']} completions/s, latency p50 {report['p50_ms']} ms, "
           f"p95 {report['p95_ms']} ms")
     print("  status codes: " + ", ".join(f"{k}: {v}" for k, v in sorted(report["status_counts"].items())))
+    print(f"  prefill share of the model's time: {report['prefill_share']}")
     print(f"  server peak RSS {report['peak_rss_mb']} MB (bound {args.max_rss_mb} MB), "
           f"survived: {report['survived']}, normal request afterwards ok: {report['after_ok']}")
 
