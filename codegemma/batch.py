@@ -110,12 +110,15 @@ class Scheduler:
     def pending(self) -> bool:
         return bool(self.active or self.waiting)
 
-    def cancel_all(self) -> None:
-        """End every request, active or waiting, as cancelled."""
+    def end_all(self, error: BaseException | None = None) -> None:
+        """End every request, active or waiting: cancelled, or failed with `error`."""
         with self._lock:
             waiting, self.waiting = list(self.waiting), deque()
         for request in [*self.active, *waiting]:
-            self._finish(request, "cancelled")
+            if error is None:
+                self._finish(request, "cancelled")
+            else:
+                self._fail(request, error)
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -180,6 +183,7 @@ class Scheduler:
         batch = [s for s in self.active if s.next_token is not None]
         if not batch:
             return
+        started = time.perf_counter()
         try:
             logits = self.model.step([s.next_token for s in batch], [(s.slot, s.pos) for s in batch])  # [N, V]
         except Exception as error:  # noqa: BLE001 - every request in the pass gets the error
@@ -187,9 +191,11 @@ class Scheduler:
                 self._fail(seq, error)
             return
         self.passes.append(("decode", tuple(s.id for s in batch)))
+        elapsed = time.perf_counter() - started
         for i, seq in enumerate(batch):
             seq.pos += 1
             seq.stats.forward_passes += 1
+            seq.stats.verify_s += elapsed  # the pass it shared
             self._take(seq, logits[i])
 
     def _take(self, seq: Request, logits: torch.Tensor) -> None:
@@ -292,6 +298,9 @@ class BatchEngine:
             with self._wake:
                 self._wake.wait_for(lambda: self._closed or scheduler.pending())
                 if self._closed:
-                    scheduler.cancel_all()
+                    scheduler.end_all()
                     return
-            scheduler.step()
+            try:
+                scheduler.step()
+            except Exception as error:  # noqa: BLE001 - a fault outside one request's pass: no caller waits forever
+                scheduler.end_all(error)

@@ -2,7 +2,8 @@
 
 Parameter names follow the Hugging Face checkpoints (`model.layers.0.self_attn.q_proj.weight`, ...) so a
 checkpoint's state dict loads without a renaming table. The KV cache is preallocated by `setup_cache` and
-written at `input_pos`; nothing else (tokenizer, sampling, I/O) lives here.
+written at `input_pos`; `setup_slots` adds one cache per sequence that `step` decodes together in a batch
+(codegemma.batch). Nothing else (tokenizer, sampling, I/O) lives here.
 """
 
 from __future__ import annotations

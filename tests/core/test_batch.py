@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 from gguf import GGMLQuantizationType as Q
@@ -78,6 +79,24 @@ def test_cancelling_one_request_leaves_the_others_unchanged():
     assert all(scheduler.slots[r.slot].seq is None for r in requests)  # every slot freed
 
 
+def test_each_request_keeps_its_own_stop_rules_budget_and_deadline():
+    engine = codegemma.load(tiny_checkpoint(), dtype="fp32")
+    prompts = _prompts(engine.tokenizer.vocab_size, seed=5)
+    text = engine.generate(prompts[0], GREEDY).text
+    options = [GenerateOptions(max_new_tokens=16, stop_ids=frozenset(), stop_strings=(text[6:9],), reuse_prompt=False),
+               GenerateOptions(max_new_tokens=3, stop_ids=frozenset(), reuse_prompt=False),
+               GenerateOptions(max_new_tokens=16, stop_ids=frozenset(), deadline=time.monotonic() - 1,
+                               reuse_prompt=False),
+               GenerateOptions(max_new_tokens=16, reuse_prompt=False)]  # the tokenizer's stop tokens
+    single = [engine.generate(p, o) for p, o in zip(prompts, options)]
+    scheduler = Scheduler(engine, slots=4)
+    requests = [scheduler.submit(p, o) for p, o in zip(prompts, options)]
+    _run(scheduler, requests)
+    got = [(r.result.tokens, r.result.text, r.result.stop_reason) for r in requests]
+    assert got == [(g.tokens, g.text, g.stop_reason) for g in single]
+    assert [g[2] for g in got[:3]] == ["stop_string", "max_tokens", "deadline"]
+
+
 def test_a_long_prefill_delays_another_request_by_one_block_at_most():
     engine = codegemma.load(tiny_checkpoint(), dtype="fp32")
     short, long = _prompts(engine.tokenizer.vocab_size, lengths=(10, 10 * PREFILL_BLOCK), seed=2)
@@ -133,6 +152,13 @@ def test_batch_engine_serves_concurrent_callers_and_reports_bad_requests():
         streamed: list[str] = []
         gen = batch.generate(prompts[0], GREEDY, on_text=streamed.append)
         assert "".join(streamed) == gen.text
+
+        def broken(text: str) -> None:
+            raise RuntimeError("the client's callback failed")
+
+        with pytest.raises(RuntimeError, match="callback failed"):  # its own request fails, nothing else
+            batch.generate(prompts[1], GREEDY, on_text=broken)
+        assert batch.generate(prompts[1], GREEDY).tokens == single[1]
     finally:
         batch.close()
     with pytest.raises(RuntimeError, match="closed"):
