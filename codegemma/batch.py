@@ -36,6 +36,8 @@ from codegemma.prompt_cache import common_prefix
 from codegemma.sampling import Sampler
 from codegemma.tokenizer import Tokenizer
 
+MAX_SLOTS = kernels.MAX_ROWS  # one decode pass carries a row per slot; the native products take this many
+
 
 @dataclass(eq=False)
 class Request:
@@ -77,8 +79,8 @@ class Scheduler:
     """Steps every active sequence of `engine`'s model together; not thread-safe except `submit`."""
 
     def __init__(self, engine: Engine, slots: int = 4):
-        if not 1 <= slots <= kernels.MAX_ROWS:
-            raise ValueError(f"slots must be 1..{kernels.MAX_ROWS}, got {slots}")
+        if not 1 <= slots <= MAX_SLOTS:
+            raise ValueError(f"slots must be 1..{MAX_SLOTS}, got {slots}")
         self.engine = engine
         self.model = engine.model
         self.model.setup_slots(slots)
@@ -98,11 +100,11 @@ class Scheduler:
         prompt = self.engine.check(prompt, options)
         tokenizer = self.engine.tokenizer
         with self._lock:
-            seq = Request(self._ids, prompt, options, Sampler(options.temperature, options.top_k, options.top_p,
-                                                                options.seed),
-                            TextStream(tokenizer.decode, options.stop_strings, on_text),
-                            tokenizer.stop_ids if options.stop_ids is None else options.stop_ids, should_stop,
-                            GenStats(prompt_tokens=len(prompt)))
+            seq = Request(self._ids, prompt, options,
+                          Sampler(options.temperature, options.top_k, options.top_p, options.seed),
+                          TextStream(tokenizer.decode, options.stop_strings, on_text),
+                          tokenizer.stop_ids if options.stop_ids is None else options.stop_ids, should_stop,
+                          GenStats(prompt_tokens=len(prompt)))
             self._ids += 1
             self.waiting.append(seq)
         return seq
@@ -133,14 +135,14 @@ class Scheduler:
     def _admit(self) -> None:
         with self._lock:
             waiting, self.waiting = list(self.waiting), deque()
+        later: list[Request] = []
         for seq in waiting:
             if seq.interrupted():  # superseded while it waited: no prefill for an answer nobody reads
                 self._finish(seq, "cancelled")
                 continue
             free = [i for i, slot in enumerate(self.slots) if slot.seq is None]
             if not free:
-                with self._lock:
-                    self.waiting.append(seq)
+                later.append(seq)
                 continue
             reuse = seq.options.reuse_prompt
             best = max(free, key=lambda i: ((common_prefix(self.slots[i].tokens, seq.prompt) if reuse else 0),
@@ -152,9 +154,10 @@ class Scheduler:
             cached = cached // PREFILL_BLOCK * PREFILL_BLOCK
             slot.tokens, slot.seq, slot.used = seq.prompt[:cached], seq, self.steps
             seq.slot, seq.pos, seq.stats.cached_tokens = best, cached, cached
-            budget = min(seq.options.max_new_tokens, self.model.max_len - len(seq.prompt))
-            seq.budget = budget
+            seq.budget = min(seq.options.max_new_tokens, self.model.max_len - len(seq.prompt))
             self.active.append(seq)
+        with self._lock:  # ahead of anything submitted meanwhile: first come, first admitted
+            self.waiting.extendleft(reversed(later))
 
     def _prefill(self, seq: Request) -> None:
         if seq.pos > seq.stats.cached_tokens and seq.interrupted():  # polled between blocks, as prefill() does

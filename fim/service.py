@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from codegemma import Engine, EngineProtocol
-from codegemma.batch import BatchEngine
+from codegemma.batch import MAX_SLOTS, BatchEngine
 
 from fim.complete import complete
 from fim.engine import load_engine
@@ -26,7 +26,7 @@ from fim.request import CompletionRequest, CompletionResponse, validate_request
 ProgressCallback = Callable[[str, float], None]
 
 _CLOSE = object()  # queue sentinel that ends a worker
-MAX_PARALLEL = 16  # the native products take at most 16 rows in one pass
+MAX_PARALLEL = MAX_SLOTS  # requests decoded together, one KV slot each
 
 
 class CompletionService:
