@@ -11,8 +11,8 @@ own sampler, stop rules, token budget, cancellation (`should_stop`) and deadline
 
 A row's greedy tokens are the same alone as in a batch, and the same as `Engine.generate`'s: prefill runs
 in the same 64-aligned blocks, and the native products compute each row on its own. Speculative decoding
-stays with the single-request path (`Engine.generate`): with the native kernels it is off by default, and
-drafts would take rows from other requests.
+stays with the single-request path (`Engine.generate`): not done yet here, drafts would ride in the same
+pass as further rows of their request, within the products' row limit.
 
 `BatchEngine` runs a scheduler in a background thread behind the engine contract (`EngineProtocol`), so
 callers on many threads (fim's CompletionService workers) call `generate` at once.
