@@ -63,7 +63,8 @@ class Request:
     def interrupted(self) -> str | None:
         if self.should_stop is not None and self.should_stop():
             return "cancelled"
-        if self.options.deadline is not None and self.next_token is not None and time.monotonic() > self.options.deadline:
+        deadline = self.options.deadline
+        if deadline is not None and self.next_token is not None and time.monotonic() > deadline:
             return "deadline"
         return None
 

@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codegemma serve: {error}", file=sys.stderr)
         return 2
     host, port = sock.getsockname()[:2]
-    service = CompletionService(args.model, dtype=args.dtype, int8=args.int8, quant=args.quant, max_queue=args.max_queue,
-                                parallel=args.parallel)
+    service = CompletionService(args.model, dtype=args.dtype, int8=args.int8, quant=args.quant,
+                                max_queue=args.max_queue, parallel=args.parallel)
     service.start(on_progress=lambda message, _fraction: print(f"codegemma serve: {message}", file=sys.stderr))
     app = create_app(service, settings)
     config = uvicorn_config(app, settings, log_level=args.log_level, timeout_graceful_shutdown=5)
