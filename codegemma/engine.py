@@ -74,6 +74,19 @@ class Engine:
         """Bytes of weights per storage format, e.g. {"Q8_0": 180e6, "Q5_0": 44e6, ..., "F32": ...}."""
         return weight_formats(self.model)
 
+    def check(self, prompt: Sequence[int], options: GenerateOptions) -> list[int]:
+        """The prompt as a list, or a ValueError / PromptTooLongError that says what is wrong with the request."""
+        prompt = list(prompt)
+        if not prompt:
+            raise ValueError("empty prompt: give at least one token (e.g. tokenizer.bos_id)")
+        self.tokenizer.check_ids(prompt)
+        if len(prompt) >= self.max_seq_len:
+            raise PromptTooLongError(f"prompt has {len(prompt)} tokens; this engine's context is "
+                                     f"{self.max_seq_len}")
+        if options.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        return prompt
+
     def _drafter(self, sampler: Sampler, forced: bool) -> Drafter:
         """The draft model if there is one, else n-gram drafts sized by the measured verification cost, or
         (speculation forced on by the caller) by acceptance alone, so that drafting never stops for cost."""
@@ -88,15 +101,7 @@ class Engine:
         """Continue `prompt` (token ids). `on_text` receives decoded text as it is made; `should_stop` is
         polled every step and cancels; `draft_sources` are extra token sequences the drafter may copy from
         (e.g. the suffix of a left-to-right prompt)."""
-        prompt = list(prompt)
-        if not prompt:
-            raise ValueError("empty prompt: give at least one token (e.g. tokenizer.bos_id)")
-        self.tokenizer.check_ids(prompt)
-        if len(prompt) >= self.max_seq_len:
-            raise PromptTooLongError(f"prompt has {len(prompt)} tokens; this engine's context is "
-                                     f"{self.max_seq_len}")
-        if options.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        prompt = self.check(prompt, options)
         sampler = Sampler(options.temperature, options.top_k, options.top_p, options.seed)
         speculative = self.speculative_default if options.speculative is None else options.speculative
         # before the prompt cache is arranged: the first drafter measures the verification cost, which

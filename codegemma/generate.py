@@ -75,11 +75,27 @@ def prefill(model: Transformer, tokens: Sequence[int], start: int,
     for lo in range(start, len(tokens), PREFILL_BLOCK):
         if should_stop is not None and lo > start and should_stop():
             return None
-        piece = tokens[lo:lo + PREFILL_BLOCK]
-        # only the last position's logits are needed: skip the big output layer for the rest
-        h = model.hidden(torch.tensor([piece]), lo)
-        logits = model.output(h[:, -1:]).float()[0, -1]
+        logits = prefill_block(model, tokens, lo)
     return logits
+
+
+@torch.inference_mode()
+def prefill_block(model: Transformer, tokens: Sequence[int], lo: int, slot: int | None = None) -> Tensor | None:
+    """Compute KV for the block tokens[lo:lo + PREFILL_BLOCK] (lo a multiple of PREFILL_BLOCK) in the model's
+    cache or batch slot `slot`; the logits [V] after the last token when the block ends `tokens`, else None."""
+    piece = tokens[lo:lo + PREFILL_BLOCK]
+    h = model.hidden(torch.tensor([piece]), lo, slot)
+    if lo + len(piece) < len(tokens):
+        return None  # only the last position's logits are needed: skip the big output layer for the rest
+    return model.output(h[:, -1:]).float()[0, -1]
+
+
+def take_token(token: int, stream: TextStream, stats: GenStats, stop_ids: frozenset[int], eos_id: int) -> str | None:
+    """Take one verified token into `stream`; the stop reason when it ends the generation."""
+    if token in stop_ids:
+        return "eos" if token == eos_id else "stop_token"
+    stats.new_tokens += 1
+    return "stop_string" if stream.add(token) else None
 
 
 def verify(model: Transformer, token: int, draft: list[int], draft_probs: Tensor | None, pos: int,
@@ -184,12 +200,8 @@ def generate(model: Transformer, prompt: Sequence[int], cached: int, *, max_new_
     reason = "max_tokens" if budget == max_new_tokens else "context"
 
     def emit(t: int) -> str | None:
-        """Take one verified token; the stop reason when it ends the generation."""
-        if t in stop_ids:
-            return "eos" if t == eos_id else "stop_token"
-        stats.new_tokens += 1
-        history.append(t)
-        return "stop_string" if stream.add(t) else None
+        history.append(t)  # for the drafter; a stop token it sees last does not matter
+        return take_token(t, stream, stats, stop_ids, eos_id)
 
     while True:
         token = forced if forced is not None else sampler.sample(logits)

@@ -2,12 +2,14 @@
 
 Parameter names follow the Hugging Face checkpoints (`model.layers.0.self_attn.q_proj.weight`, ...) so a
 checkpoint's state dict loads without a renaming table. The KV cache is preallocated by `setup_cache` and
-written at `input_pos`; nothing else (tokenizer, sampling, I/O) lives here.
+written at `input_pos`; `setup_slots` adds one cache per sequence that `step` decodes together in a batch
+(codegemma.batch). Nothing else (tokenizer, sampling, I/O) lives here.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +100,7 @@ class Attention(nn.Module):
         self.qkv: nn.Module | None = None
         self.qk_scale: Tensor | None = None
         self.kv_cache: KVCache | None = None
+        self.slot_caches: list[KVCache] = []  # one per batch slot (Transformer.setup_slots)
 
     def freeze(self) -> None:
         """For inference, after the norms froze: both qk norms' (1 + w) per head, so that q and k
@@ -113,29 +116,43 @@ class Attention(nn.Module):
             return self.qkv(x)
         return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
 
-    def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
-        B, S, _ = x.shape
+    def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor, slot: int | None = None) -> Tensor:
+        """x [B, S, d] at positions start.. against the model's cache, or a batch slot's (`setup_slots`)."""
+        cache = self.kv_cache if slot is None else self.slot_caches[slot]
+        return self.o_proj(self._context(self.project(x), start, cos, sin, mask, cache))
+
+    def step(self, x: Tensor, rows: Sequence[tuple[int, int]], cos: Tensor, sin: Tensor) -> Tensor:
+        """One token each of several sequences: x [1, N, d], row i at (slot, position) rows[i]; cos/sin the
+        whole tables. The projections take all rows in one product (the native ones compute each row alone,
+        so a row's result does not depend on the others); attention runs per row against its slot's cache."""
+        qkv = self.project(x)  # [1, N, (H + 2 KV) * D]
+        out = torch.cat([self._context(qkv[:, i:i + 1], pos, cos[pos:pos + 1], sin[pos:pos + 1], None,
+                                       self.slot_caches[slot]) for i, (slot, pos) in enumerate(rows)], dim=1)
+        return self.o_proj(out)
+
+    def _context(self, qkv: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                 cache: KVCache) -> Tensor:
+        """Attention of projected rows qkv [B, S, (H + 2 KV) * D] at positions start.. over `cache`, which
+        receives their keys and values -> [B, S, H * D]."""
+        B, S, _ = qkv.shape
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        qkv = self.project(x)
         if kernels.active(qkv) and B == 1:  # decoding: norms, RoPE, cache write and attention in one call
-            out = kernels.attention(qkv, H, KV, D, start, self.kv_cache.k, self.kv_cache.v, cos, sin,
-                                    self.qk_scale, self.cfg.q_scale, self.cfg.attn_softcap,
-                                    self.window, self.cfg.norm_eps)
-            return self.o_proj(out)
+            return kernels.attention(qkv, H, KV, D, start, cache.k, cache.v, cos, sin, self.qk_scale,
+                                     self.cfg.q_scale, self.cfg.attn_softcap, self.window, self.cfg.norm_eps)
         qkv = qkv.view(B, S, H + 2 * KV, D)
         qk = qkv[:, :, :H + KV]
         if self.cfg.qk_norm:  # Gemma 3: RMSNorm per head on q and k, in float32 like every Gemma norm
-            qk = (F.rms_norm(qk.float(), (D,), None, self.q_norm.eps) * self.qk_scale).to(x.dtype)
+            qk = (F.rms_norm(qk.float(), (D,), None, self.q_norm.eps) * self.qk_scale).to(qkv.dtype)
         qk = apply_rope(qk.transpose(1, 2), cos, sin)  # [B, H + KV, S, D]
         q, k = qk[:, :H], qk[:, H:]
         v = qkv[:, :, H + KV:].transpose(1, 2)  # [B, KV, S, D]
         end = start + S
-        self.kv_cache.write(start, k, v)
+        cache.write(start, k, v)
         # a sliding layer only ever looks back `window` positions: read no more of the cache than that
         lo = max(0, start - self.window + 1) if self.window else 0
-        keys, values = self.kv_cache.k[:, :, lo:end], self.kv_cache.v[:, :, lo:end]  # [B, KV, T, D]
+        keys, values = cache.k[:, :, lo:end], cache.v[:, :, lo:end]  # [B, KV, T, D]
         out = self._attend(q, keys, values, None if S == 1 else mask[:, lo:end])  # one query sees all it reads
-        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
+        return out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """Grouped attention: the query heads that share a KV head are stacked into one matrix product, so
@@ -197,8 +214,14 @@ class DecoderLayer(nn.Module):
             self.pre_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
             self.post_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
-    def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
-        h = self.self_attn(self.input_layernorm(x), start, cos, sin, mask)
+    def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor, slot: int | None = None) -> Tensor:
+        return self._block(x, lambda h: self.self_attn(h, start, cos, sin, mask, slot))
+
+    def step(self, x: Tensor, rows: Sequence[tuple[int, int]], cos: Tensor, sin: Tensor) -> Tensor:
+        return self._block(x, lambda h: self.self_attn.step(h, rows, cos, sin))
+
+    def _block(self, x: Tensor, attend: Callable[[Tensor], Tensor]) -> Tensor:
+        h = attend(self.input_layernorm(x))
         if self.sandwich:
             x, h = add_norm(x, h, self.post_attention_layernorm, self.pre_feedforward_layernorm)
             return add_norm(x, self.mlp(h), self.post_feedforward_layernorm, None)[0]
@@ -274,8 +297,18 @@ class Transformer(nn.Module):
         h = self.hidden(tokens, start)
         return self.output(h).float()
 
-    def hidden(self, tokens: Tensor, start: int) -> Tensor:
-        """The last layer's hidden states [1, S, D] before the final norm."""
+    def setup_slots(self, n: int) -> None:
+        """Allocate `n` more KV caches per layer (after `setup_cache`, same length), one per sequence that
+        `step` decodes together; `hidden(..., slot=i)` prefills slot i. The model's own cache is untouched.
+        Allocated empty: pages a slot never writes cost no memory."""
+        cfg = self.cfg
+        for layer in self.model.layers:
+            layer.self_attn.slot_caches = [KVCache(cfg.n_kv_heads, self.max_len, cfg.head_dim, self.dtype)
+                                           for _ in range(n)]
+
+    def hidden(self, tokens: Tensor, start: int, slot: int | None = None) -> Tensor:
+        """The last layer's hidden states [1, S, D] before the final norm, with the model's KV cache or the
+        batch slot's `slot`."""
         S = tokens.shape[1]
         end = start + S
         x = self.embed(tokens)
@@ -285,5 +318,18 @@ class Transformer(nn.Module):
         for layer in self.model.layers:
             attn = layer.self_attn
             cos, sin = self._rope[attn.rope_base]
-            x = layer(x, start, cos[start:end], sin[start:end], masks[attn.sliding])
+            x = layer(x, start, cos[start:end], sin[start:end], masks[attn.sliding], slot)
         return x
+
+    @torch.inference_mode()
+    def step(self, tokens: Sequence[int], rows: Sequence[tuple[int, int]]) -> Tensor:
+        """One decode step of several sequences at once: tokens[i] at (slot, position) rows[i], each slot's
+        positions before it already cached -> logits [N, V] (float32). A row's logits are those a
+        one-token `forward` of that sequence alone would give (the native products compute rows apart)."""
+        if any(pos >= self.max_len for _, pos in rows):
+            raise ValueError(f"a position exceeds the cache ({self.max_len})")
+        x = self.embed(torch.tensor([list(tokens)]))  # [1, N, D]
+        for layer in self.model.layers:
+            cos, sin = self._rope[layer.self_attn.rope_base]
+            x = layer.step(x, rows, cos, sin)
+        return self.output(x)[0].float()

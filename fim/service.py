@@ -1,9 +1,10 @@
-"""One model worker shared by a server: loads the engine in the background and serves requests in order.
+"""The model workers shared by a server: loads the engine in the background and serves requests in order.
 
 The engine runs one generation at a time, so the LSP and HTTP servers do not call it directly: they
 submit requests here and get a Future each. The queue is bounded (a burst of keystrokes must not pile
 up work that nobody will read); cancellation is the caller's `should_stop`, polled every decode step,
-or `Future.cancel()` while the request still waits.
+or `Future.cancel()` while the request still waits. With `parallel` N > 1 a local engine is wrapped in
+codegemma's BatchEngine (N KV slots) and N workers run requests at once, which decode together.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from codegemma import EngineProtocol
+from codegemma import Engine, EngineProtocol
+from codegemma.batch import MAX_SLOTS, BatchEngine
 
 from fim.complete import complete
 from fim.engine import load_engine
@@ -23,20 +25,25 @@ from fim.request import CompletionRequest, CompletionResponse, validate_request
 
 ProgressCallback = Callable[[str, float], None]
 
-_CLOSE = object()  # queue sentinel that ends the worker
+_CLOSE = object()  # queue sentinel that ends a worker
+MAX_PARALLEL = MAX_SLOTS  # requests decoded together, one KV slot each
 
 
 class CompletionService:
-    """A background-loaded engine plus one worker thread draining a bounded request queue.
+    """A background-loaded engine plus `parallel` worker threads draining a bounded request queue.
 
     `engine` may be given directly (tests, embedding an engine that is already loaded); otherwise
-    `start()` loads `model` with `fim.engine.load_engine` in a background thread.
+    `start()` loads `model` with `fim.engine.load_engine` in a background thread. `parallel` > 1 batches
+    a local engine's requests (codegemma.batch); an engine of another kind keeps one worker.
     """
 
     def __init__(self, model: str | None = None, dtype: str | None = None, int8: bool = False, quant: str | None = None,
-                 max_queue: int = 8, *, engine: EngineProtocol | None = None) -> None:
+                 max_queue: int = 8, *, engine: EngineProtocol | None = None, parallel: int = 1) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if not 1 <= parallel <= MAX_PARALLEL:
+            raise ValueError(f"parallel must be 1..{MAX_PARALLEL}, got {parallel}")
+        self.parallel = parallel
         self.model = model
         self.dtype = dtype
         self.int8 = int8
@@ -52,6 +59,7 @@ class CompletionService:
         self._waiting: dict[Future, Callable[[], bool] | None] = {}  # submitted, not yet picked up
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []  # the extra ones, when requests run in parallel
 
     @property
     def ready(self) -> bool:
@@ -95,17 +103,32 @@ class CompletionService:
         return future
 
     def close(self) -> None:
-        """Stop the worker: waiting requests are cancelled, a running one finishes its current step."""
+        """Stop the workers: waiting requests are cancelled, running ones finish their current step."""
         with self._lock:
             self._closed = True
         self._fail_waiting(None)
-        self._queue.put(_CLOSE)
+        for _ in range(1 + len(self._workers)):
+            self._queue.put(_CLOSE)
         worker = self._worker
         if worker is not None and worker is not threading.current_thread() and self._ready.is_set():
             worker.join(timeout=30)
+            for extra in self._workers:
+                extra.join(timeout=30)
+        if isinstance(self.engine, BatchEngine):
+            self.engine.close()
 
     def _run(self, on_progress: ProgressCallback | None) -> None:
         loaded = self._load(on_progress)
+        if loaded and isinstance(self.engine, BatchEngine):
+            with self._lock:
+                if not self._closed:
+                    self._workers = [threading.Thread(target=self._serve, args=(loaded,), name=f"fim-worker-{i}",
+                                                      daemon=True) for i in range(1, self.engine.slots)]
+                    for extra in self._workers:
+                        extra.start()
+        self._serve(loaded)
+
+    def _serve(self, loaded: bool) -> None:
         while True:
             item = self._queue.get()
             if item is _CLOSE:
@@ -135,6 +158,8 @@ class CompletionService:
             else:
                 report(f"loading model {self.model or 'default'}", 0.0)
                 self.engine = load_engine(self.model, dtype=self.dtype, int8=self.int8, quant=self.quant)
+            if self.parallel > 1 and isinstance(self.engine, Engine):
+                self.engine = BatchEngine(self.engine, self.parallel)
         except Exception as error:  # noqa: BLE001 - a load failure is reported, never raised into a thread
             self.error = str(error).splitlines()[0] if str(error) else type(error).__name__
             report(f"model failed to load: {self.error}", 1.0)

@@ -19,9 +19,10 @@ import uvicorn
 from fim.http.app import create_app
 from fim.http.limits import uvicorn_config
 from fim.http.settings import ServerSettings, is_loopback
-from fim.service import CompletionService
+from fim.service import MAX_PARALLEL, CompletionService
 
 API_KEY_ENV = "CODEGEMMA_API_KEY"
+DEFAULT_PARALLEL = 4  # concurrent HTTP clients decode together (llama.cpp's --parallel)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})")
     p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model (default 8); "
                    "more get 503 with Retry-After")
+    p.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                   help="requests decoded together, each in its own KV slot (default %(default)s; 1 = one at a "
+                        f"time; at most {MAX_PARALLEL}); memory grows with it")
     p.add_argument("--max-tokens", type=int, default=d.max_new_tokens,
                    help="largest n_predict / max_tokens to generate; larger requests are capped to it (default %(default)s)")
     p.add_argument("--default-tokens", type=int, default=None,
@@ -69,6 +73,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
                         ("--default-tokens", default_tokens), ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if not 1 <= args.parallel <= MAX_PARALLEL:
+        raise ValueError(f"--parallel must be 1..{MAX_PARALLEL}, got {args.parallel}")
     if args.max_connections < 1:
         raise ValueError(f"--max-connections must be at least 1, got {args.max_connections}")
     if not args.header_timeout > 0:
@@ -113,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codegemma serve: {error}", file=sys.stderr)
         return 2
     host, port = sock.getsockname()[:2]
-    service = CompletionService(args.model, dtype=args.dtype, int8=args.int8, quant=args.quant, max_queue=args.max_queue)
+    service = CompletionService(args.model, dtype=args.dtype, int8=args.int8, quant=args.quant,
+                                max_queue=args.max_queue, parallel=args.parallel)
     service.start(on_progress=lambda message, _fraction: print(f"codegemma serve: {message}", file=sys.stderr))
     app = create_app(service, settings)
     config = uvicorn_config(app, settings, log_level=args.log_level, timeout_graceful_shutdown=5)

@@ -2,8 +2,10 @@
 
 Starts `codegemma serve` as a subprocess, runs N concurrent clients for a fixed time against its
 completion routes (cursor positions in standard-library files), samples the server's memory, then checks
-that it survived, stayed under the RSS bound and still answers a normal request. Prints throughput,
-p50/p95 latency and the count of each status code; the last line is one JSON object.
+that it survived, stayed under the RSS bound and still answers a normal request. It does this twice, with
+batching (`--parallel` slots) and with one slot, the same requests in the same order, and prints each run's
+throughput, p50/p95 latency and status counts, and the ratio of the two throughputs (`batching_speedup`);
+the last line is one JSON object: the batched run's figures, `one_slot` with the other run's, and the ratio.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from fim.service import MAX_PARALLEL
+
 SAMPLE_FILES = ("json/decoder.py", "textwrap.py", "shlex.py", "fnmatch.py", "heapq.py", "bisect.py",
                 "colorsys.py", "string.py")
 ROUTES = ("infill", "tabby", "openai")
@@ -37,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--route", choices=(*ROUTES, "mixed"), default="mixed", help="which API to load")
     p.add_argument("--n-predict", type=int, default=32, help="tokens per completion (default %(default)s)")
     p.add_argument("--prefix-chars", type=int, default=1500, help="text before the cursor (default %(default)s)")
+    p.add_argument("--parallel", type=int, default=4, help="the batched run's slots, the server's --parallel "
+                   "(default %(default)s); the baseline run has one")
     p.add_argument("--max-queue", type=int, default=8, help="the server's --max-queue (default %(default)s)")
     p.add_argument("--max-rss-mb", type=float, default=3000.0, help="memory bound for the server process")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the model to load")
@@ -80,9 +86,10 @@ def request_for(route: str, sample: tuple[str, str, str], n_predict: int) -> tup
 class Server:
     """`codegemma serve` in a subprocess, with its peak memory sampled in the background."""
 
-    def __init__(self, model: str | None, port: int, max_queue: int, max_tokens: int) -> None:
+    def __init__(self, model: str | None, port: int, max_queue: int, max_tokens: int, parallel: int) -> None:
         cmd = [sys.executable, "-m", "fim.http.cli", "--port", str(port), "--max-queue", str(max_queue),
-               "--max-tokens", str(max_tokens), "--default-tokens", str(max_tokens), "--log-level", "warning"]
+               "--max-tokens", str(max_tokens), "--default-tokens", str(max_tokens), "--parallel", str(parallel),
+               "--log-level", "warning"]
         if model:
             cmd += ["--model", model]
         self.url = f"http://127.0.0.1:{port}"
@@ -157,6 +164,18 @@ async def normal_request(client: httpx.AsyncClient, url: str, args: argparse.Nam
         await asyncio.sleep(float(response.headers.get("retry-after", "1") or 1))
 
 
+def prefill_share(metrics: str) -> float | None:
+    """The share of the model's time (prefill + decode, summed over completions) spent in prefill, from the
+    server's /metrics: what batched decoding cannot share (Amdahl's bound on `batching_speedup`)."""
+    sums = {}
+    for line in metrics.splitlines():
+        for stage in ("prefill", "decode"):
+            if line.startswith(f'codegemma_completion_stage_seconds_sum{{stage="{stage}"}} '):
+                sums[stage] = float(line.split()[-1])
+    total = sums.get("prefill", 0.0) + sums.get("decode", 0.0)
+    return round(sums["prefill"] / total, 3) if total else None
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -164,10 +183,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def run(args: argparse.Namespace) -> dict:
-    server = Server(args.model, free_port(), args.max_queue, args.n_predict)
+async def run(args: argparse.Namespace, parallel: int) -> dict:
+    """One load run against a server with `parallel` slots."""
+    server = Server(args.model, free_port(), args.max_queue, args.n_predict, parallel)
     report: dict = {"clients": args.clients, "duration_s": args.duration, "route": args.route,
-                    "model": args.model or "default", "max_rss_mb": args.max_rss_mb}
+                    "model": args.model or "default", "parallel": parallel, "max_rss_mb": args.max_rss_mb}
     try:
         async with httpx.AsyncClient(timeout=300.0, limits=httpx.Limits(max_connections=args.clients + 2)) as client:
             problem = await server.wait_ready(client, args.startup_timeout)
@@ -188,6 +208,7 @@ async def run(args: argparse.Namespace) -> dict:
             elapsed = time.monotonic() - start
             survived = server.alive()
             after_ok = survived and await normal_request(client, server.url, args)
+            share = prefill_share((await client.get(f"{server.url}/metrics")).text) if survived else None
             server.sample_rss()
     finally:
         server.stop()
@@ -196,8 +217,31 @@ async def run(args: argparse.Namespace) -> dict:
     return {**report, "requests": len(results), "ok": len(ok), "elapsed_s": round(elapsed, 2),
             "throughput_rps": round(len(ok) / elapsed, 3), "p50_ms": round(1000 * percentile(ok, 0.5), 1),
             "p95_ms": round(1000 * percentile(ok, 0.95), 1), "status_counts": dict(Counter(s for s, _ in results)),
-            "peak_rss_mb": round(peak_mb, 1), "survived": survived, "after_ok": after_ok,
+            "peak_rss_mb": round(peak_mb, 1), "prefill_share": share, "survived": survived, "after_ok": after_ok,
             "passed": survived and after_ok and peak_mb <= args.max_rss_mb and bool(ok)}
+
+
+def compare(batched: dict, one_slot: dict) -> dict:
+    """The batched run's report with the one-slot run's beside it and the throughput ratio."""
+    base = one_slot.get("throughput_rps", 0.0)
+    speedup = round(batched["throughput_rps"] / base, 2) if base and "throughput_rps" in batched else None
+    return {**batched, "one_slot": one_slot, "batching_speedup": speedup,
+            "one_slot_p50_ms": one_slot.get("p50_ms"), "one_slot_p95_ms": one_slot.get("p95_ms"),
+            "passed": bool(batched["passed"] and one_slot["passed"])}
+
+
+def _print_run(label: str, report: dict, args: argparse.Namespace) -> None:
+    if "error" in report:
+        print(f"codegemma bench http: {label}: {report['error']}", file=sys.stderr)
+        return
+    print(f"{label}: {report['requests']} requests from {args.clients} clients in {report['elapsed_s']} s "
+          f"({report['route']}, {args.n_predict} tokens each)")
+    print(f"  throughput {report['throughput_rps']} completions/s, latency p50 {report['p50_ms']} ms, "
+          f"p95 {report['p95_ms']} ms")
+    print("  status codes: " + ", ".join(f"{k}: {v}" for k, v in sorted(report["status_counts"].items())))
+    print(f"  prefill share of the model's time: {report['prefill_share']}")
+    print(f"  server peak RSS {report['peak_rss_mb']} MB (bound {args.max_rss_mb} MB), "
+          f"survived: {report['survived']}, normal request afterwards ok: {report['after_ok']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,17 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         print("codegemma bench http: --clients, --duration, --n-predict and --prefix-chars must be positive",
               file=sys.stderr)
         return 2
-    report = asyncio.run(run(args))
-    if "error" in report:
-        print(f"codegemma bench http: {report['error']}", file=sys.stderr)
-    else:
-        print(f"{report['requests']} requests from {args.clients} clients in {report['elapsed_s']} s "
-              f"({report['route']}, {args.n_predict} tokens each)")
-        print(f"throughput {report['throughput_rps']} completions/s, latency p50 {report['p50_ms']} ms, "
-              f"p95 {report['p95_ms']} ms")
-        print("status codes: " + ", ".join(f"{k}: {v}" for k, v in sorted(report["status_counts"].items())))
-        print(f"server peak RSS {report['peak_rss_mb']} MB (bound {args.max_rss_mb} MB), "
-              f"survived: {report['survived']}, normal request afterwards ok: {report['after_ok']}")
+    if not 1 <= args.parallel <= MAX_PARALLEL:
+        print(f"codegemma bench http: --parallel must be 1..{MAX_PARALLEL}, got {args.parallel}", file=sys.stderr)
+        return 2
+    batched = asyncio.run(run(args, args.parallel))
+    _print_run(f"batching ({args.parallel} slots)", batched, args)
+    one_slot = asyncio.run(run(args, 1))
+    _print_run("one slot", one_slot, args)
+    report = compare(batched, one_slot)
+    if report["batching_speedup"] is not None:
+        print(f"batching speedup {report['batching_speedup']}x (completions/s), p95 {report['p95_ms']} ms "
+              f"against {report['one_slot_p95_ms']} ms with one slot")
     print(json.dumps(report))
     return 0 if report["passed"] else 1
 

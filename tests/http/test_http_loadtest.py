@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fim.http.loadtest import main, percentile
+from fim.http.loadtest import main, percentile, prefill_share
 from tests.tiny import tiny_checkpoint
 
 
@@ -19,9 +19,19 @@ def test_percentile():
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.95) == 4.0
 
 
+def test_prefill_share_reads_the_server_metrics():
+    metrics = ('codegemma_completion_stage_seconds_sum{stage="prefill"} 3.0\n'
+               'codegemma_completion_stage_seconds_sum{stage="decode"} 1.0\n'
+               'codegemma_completion_stage_seconds_sum{stage="total"} 4.5\n')
+    assert prefill_share(metrics) == 0.75
+    assert prefill_share("") is None
+
+
 def test_loadtest_rejects_bad_arguments(capsys):
     assert main(["--clients", "0"]) == 2
     assert "--clients" in capsys.readouterr().err
+    assert main(["--parallel", "17"]) == 2
+    assert "--parallel must be 1..16" in capsys.readouterr().err
 
 
 def test_loadtest_with_a_tiny_engine(capsys):
@@ -32,6 +42,12 @@ def test_loadtest_with_a_tiny_engine(capsys):
     assert report["survived"] and report["after_ok"] and report["ok"] >= 1
     assert report["status_counts"].get("200", 0) == report["ok"]
     assert 0 < report["p50_ms"] <= report["p95_ms"] and report["peak_rss_mb"] > 0
+    # the same load with one slot, in the same run, and the throughput ratio
+    one_slot = report["one_slot"]
+    assert report["parallel"] == 4 and one_slot["parallel"] == 1 and one_slot["ok"] >= 1
+    assert 0 < report["prefill_share"] < 1 and 0 < one_slot["prefill_share"] < 1
+    assert report["batching_speedup"] == round(report["throughput_rps"] / one_slot["throughput_rps"], 2)
+    assert (report["one_slot_p50_ms"], report["one_slot_p95_ms"]) == (one_slot["p50_ms"], one_slot["p95_ms"])
 
 
 @pytest.mark.slow
