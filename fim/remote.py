@@ -325,11 +325,11 @@ class _EventReader:
                         break
                     self._put(_parse(data))
             self._items.put(("end", None))
-        except (OSError, http.client.HTTPException) as error:
-            if not self._closed.is_set():
-                self._items.put(("retry", f"connection lost ({_one_line(str(error) or type(error).__name__)})"))
         except (_Retry, RemoteEngineError) as error:
             self._items.put(("retry" if isinstance(error, _Retry) else "fail", error))
+        except Exception as error:  # noqa: BLE001 - the socket failed, or close() pulled it away mid-read
+            if not self._closed.is_set():
+                self._items.put(("retry", f"connection lost ({_one_line(str(error) or type(error).__name__)})"))
 
     def _put(self, event: dict) -> None:
         self._items.put(("event", event))
