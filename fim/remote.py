@@ -308,6 +308,8 @@ class _EventReader:
               check_status: Callable[[int, bytes], None]) -> None:
         try:
             self._connection.request("POST", path, body=payload, headers=headers)
+            # The connect timeout ends here: `events()` times the answer and close() wakes a blocked read.
+            self._connection.sock.settimeout(None)
             response = self._connection.getresponse()
             if response.status >= 300:
                 check_status(response.status, response.read(1 << 16))

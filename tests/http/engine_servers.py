@@ -12,7 +12,7 @@ import socket
 import threading
 
 MODELS = json.dumps({"object": "list", "data": [{"id": "scripted", "object": "model"}]}).encode()
-TEXT = ("    return a", " + b")  # what "ok" streams
+TEXT = ("return a", " + b")  # what "ok" streams
 
 
 def _event(text: str, finish: str | None = None) -> bytes:
