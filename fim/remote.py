@@ -382,11 +382,12 @@ def _parse(data: bytes) -> dict:
     return event
 
 
-def load_remote(url: str, model: str | None = None) -> RemoteEngine:
+def load_remote(url: str, model: str | None = None, prompt_format: str = "text") -> RemoteEngine:
     """A remote engine at `url` for `model`'s tokenizer (None = the embedded default model's), with the
     engine's model list read if it answers now. Raises EngineError when the tokenizer cannot load."""
     with engine_errors():
         info = load_info(model)
-    engine = RemoteEngine(RemoteSettings(url=url, model=model), info.tokenizer, info.name, info.max_seq_len)
+    engine = RemoteEngine(RemoteSettings(url=url, model=model, prompt_format=prompt_format), info.tokenizer,
+                          info.name, info.max_seq_len)
     engine.probe()
     return engine
