@@ -9,6 +9,7 @@ Tabby owns /v1/completions on this server, hence the prefix.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -87,13 +88,24 @@ class EngineCompletion:
                 "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": new_tokens,
                           "total_tokens": self.prompt_tokens + new_tokens}}
 
-    async def events(self) -> AsyncIterator[str]:
-        async for piece in self.call.pieces():
-            yield event(self._chunk(piece, None))
+    async def events(self, request: Request) -> AsyncIterator[str]:
+        watcher = asyncio.ensure_future(self._cancel_when_gone(request))
+        try:
+            async for piece in self.call.pieces():
+                yield event(self._chunk(piece, None))
+        finally:
+            watcher.cancel()
         generation = self.call.response()
         if generation is not None:
             yield event(self._chunk("", self.finish_reason(generation)))
         yield event("[DONE]")
+
+    async def _cancel_when_gone(self, request: Request) -> None:
+        # A client cancels by closing the stream. Writing a piece would notice, but none is written during a
+        # long prefill, and the one worker would go on computing a prompt nobody waits for: poll instead.
+        while not await request.is_disconnected():
+            await asyncio.sleep(self.state.settings.disconnect_poll_s)
+        self.call.cancel()
 
 
 @router.post("/completions", summary="Raw completion of a whole prompt (OpenAI format; for fim --server)")
@@ -101,7 +113,7 @@ async def completions(body: EngineCompletionRequest, request: Request, state: St
     job = EngineCompletion(state, body)
     job.call.submit()
     if body.stream:
-        return stream(job.events)
+        return stream(lambda: job.events(request))
     poll = state.settings.disconnect_poll_s
     while not await job.call.wait(poll):
         if await request.is_disconnected():
