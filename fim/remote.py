@@ -41,6 +41,7 @@ from fim.errors import EngineError, RemoteEngineError
 from fim.prompt_text import ids_to_text
 
 API_KEY_ENV = "CODEGEMMA_ENGINE_API_KEY"
+AFFINITY_HEADER = "X-Codegemma-Cache-Key"  # the digest of the file (cache key) a request completes in
 # Where the completions live when the URL names only a server: a `codegemma serve` answers under /engine/v1
 # (Tabby owns its /v1/completions), every other OpenAI-compatible engine under /v1.
 _BASE_PATHS = ("/engine/v1", "/v1")
@@ -229,9 +230,11 @@ class RemoteEngine:
         base = self._resolve()
         body = self._body(prompt, options)
         payload = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if "user" in body:
+            headers[AFFINITY_HEADER] = body["user"]  # for a load balancer that keeps a file on one replica
         connection = self._connection(self.settings.connect_timeout_s)
-        reader = _EventReader(connection, f"{base}/completions", payload,
-                              self._headers({"Content-Type": "application/json"}), self._check_status)
+        reader = _EventReader(connection, f"{base}/completions", payload, self._headers(headers), self._check_status)
         stats = GenStats(prompt_tokens=len(prompt), forward_passes=1)
         text, reason, finish = "", "max_tokens", None
         try:
