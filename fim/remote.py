@@ -186,20 +186,21 @@ class RemoteEngine:
                                          f"{self._max_seq_len}")
         stopped = should_stop or (lambda: False)
         delay = self.settings.backoff_s
-        for attempt in range(self.settings.retries + 1):
+        attempts = 0
+        while True:
+            attempts += 1
             try:
                 return self._attempt(prompt, options, on_text, stopped)
             except _Retry as error:
-                if attempt == self.settings.retries:
+                if attempts > self.settings.retries:
                     raise RemoteEngineError(f"remote engine {self.where} is unavailable after "
-                                            f"{attempt + 1} attempts: {error}") from None
+                                            f"{attempts} attempts: {error}") from None
             until = time.monotonic() + delay
             while time.monotonic() < until:
                 if stopped():
                     return Generation([], "", "cancelled", GenStats(prompt_tokens=len(prompt)))
                 time.sleep(_POLL_S)
             delay *= 2
-        raise AssertionError("unreachable")
 
     def _body(self, prompt: Sequence[int], options: GenerateOptions) -> dict:
         stops = list(options.stop_strings)

@@ -77,13 +77,20 @@ def test_a_server_url_finds_the_engine_routes_and_the_context(live):
     assert generation.text == expected.text and generation.stop_reason == expected.stop_reason == "max_tokens"
 
 
-def test_cancelling_closes_the_stream_and_the_engine_serves_on(live):
+def test_cancelling_closes_the_stream_stops_the_served_generation_and_the_engine_serves_on(live, monkeypatch):
+    served = []  # the server's worker Futures, to see how its generation ended
+    submit_call = live.service.submit_call
+    monkeypatch.setattr(live.service, "submit_call",
+                        lambda job, should_stop=None: served.append(submit_call(job, should_stop=should_stop))
+                        or served[-1])
     engine = remote(live.url)
     pieces: list[str] = []
     ids = local().tokenizer.encode("x = [", bos=True)
     options = GenerateOptions(max_new_tokens=200, temperature=1.0, seed=2, stop_ids=frozenset())
     cancelled = engine.generate(ids, options, on_text=pieces.append, should_stop=lambda: bool(pieces))
     assert cancelled.stop_reason == "cancelled" and cancelled.text == "".join(pieces)
+    there = served[-1].result(30)
+    assert there.stop_reason == "cancelled" and there.stats.new_tokens < 200  # stopped, not run to the end
     assert engine.generate(ids, GenerateOptions(max_new_tokens=3)).stop_reason == "max_tokens"
 
 
