@@ -55,8 +55,9 @@ class _Retry(Exception):
 
 @dataclass(frozen=True)
 class RemoteSettings:
+    """Where the engine is and how patiently to talk to it (the model's facts come with its tokenizer)."""
+
     url: str  # http://host:port, or the base URL of the OpenAI API (http://host:8000/v1)
-    model: str | None = None  # the local model spec whose tokenizer, FIM tokens and context apply
     served_model: str | None = None  # the `model` field sent; None = the first of the engine's model list
     prompt_format: str = "text"  # "text" (every engine) or "tokens" (codegemma serve, vLLM, llama.cpp server)
     connect_timeout_s: float = 3.0
@@ -167,7 +168,7 @@ class RemoteEngine:
 
     def probe(self) -> None:
         """Find the API and read the model list now (at startup), so that the context is known before the
-        first prompt is built; an engine that is down only logs and is found on the first request."""
+        first prompt is built; an engine that is down now is looked for again by the first request."""
         try:
             self._resolve()
         except _Retry:
@@ -391,7 +392,7 @@ def load_remote(url: str, model: str | None = None, prompt_format: str = "text")
     engine's model list read if it answers now. Raises EngineError when the tokenizer cannot load."""
     with engine_errors():
         info = load_info(model)
-    engine = RemoteEngine(RemoteSettings(url=url, model=model, prompt_format=prompt_format), info.tokenizer,
+    engine = RemoteEngine(RemoteSettings(url=url, prompt_format=prompt_format), info.tokenizer,
                           info.name, info.max_seq_len)
     engine.probe()
     return engine
