@@ -21,6 +21,7 @@ BENCHES: dict[str, str] = {
     "speculative": "codegemma.bench.speculative:main",
     "completion": "eval.bench:main",
     "lsp": "lsp.bench:main",
+    "remote": "eval.remote_agreement:main",
     "http": "fim.http.loadtest:main",
 }
 

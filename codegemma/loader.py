@@ -11,13 +11,14 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from codegemma import kernels
-from codegemma.checkpoint import load_checkpoint
+from codegemma.checkpoint import load_checkpoint, load_tokenizer, read_config
 from codegemma.config import PRESETS
 from codegemma.engine import Engine
 from codegemma.errors import CheckpointError, CodegemmaError, ModelNotFoundError
@@ -123,6 +124,33 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
         draft_net.setup_cache(net.max_len)
         use_native(draft_net)
     return Engine(net, tokenizer, name + (" int8" if int8 else ""), draft_model=draft_net)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a client of a remote engine needs of a model without its weights (`load_info`)."""
+    name: str
+    tokenizer: Tokenizer
+    max_seq_len: int  # the context `load` would give this model's engine (CODEGEMMA_CTX, the model's limit)
+
+
+def load_info(model: str | None = None) -> ModelInfo:
+    """The name, tokenizer and context of `model` (a spec as `load` takes it), reading only its header and
+    tokenizer: a client of a remote engine counts tokens with it and never holds the weights."""
+    source = resolve(model)
+    if source.is_file():
+        from codegemma.gguf.convert import gguf_config
+        from codegemma.gguf.format import read_gguf
+        from codegemma.gguf.loader import cached_tokenizer
+
+        if source.suffix != ".gguf":
+            raise ModelNotFoundError(f"{source}: expected a checkpoint directory or a .gguf file")
+        f = read_gguf(source)
+        cfg, tokenizer = gguf_config(f), cached_tokenizer(source, f)
+    else:
+        cfg, tokenizer = read_config(source), load_tokenizer(source)
+    ctx = int(os.environ.get("CODEGEMMA_CTX", DEFAULT_CTX))
+    return ModelInfo(cfg.name, tokenizer, min(ctx, cfg.max_seq_len))
 
 
 def _cached_quantization(source: Path, kind: str, quantize: Callable[[dict[str, Tensor] | None], dict[str, Tensor]]) -> None:

@@ -4,11 +4,13 @@ The same path serves the `fim` CLI, the HTTP API, the LSP server and the eval ha
 """
 
 from fim.complete import complete
-from fim.errors import BadRequestError, EngineError, FimError, QueueFullError, ServiceNotReadyError
+from fim.errors import (BadRequestError, EngineError, FimError, QueueFullError, RemoteEngineError,
+                        ServiceNotReadyError)
 from fim.request import CompletionOptions, CompletionRequest, CompletionResponse, FileContext
 from fim.service import CompletionService
 
 __all__ = [
     "BadRequestError", "CompletionOptions", "CompletionRequest", "CompletionResponse", "CompletionService",
-    "EngineError", "FileContext", "FimError", "QueueFullError", "ServiceNotReadyError", "complete",
+    "EngineError", "FileContext", "FimError", "QueueFullError", "RemoteEngineError", "ServiceNotReadyError",
+    "complete",
 ]

@@ -15,6 +15,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 
+from codegemma import EngineProtocol, Generation
+
 from fim.request import CompletionRequest, CompletionResponse
 from fim.service import CompletionService
 
@@ -48,8 +50,10 @@ class AsyncCompletion:
         """Queue the request; raises fim's errors (bad request, queue full, no model) at once."""
         wants_text = self._stream or self._watch is not None
         self.submitted_at = time.monotonic()
-        self._future = self.service.submit(self.request, should_stop=self._should_stop,
-                                           on_text=self._on_text if wants_text else None)
+        self._future = self._enqueue(self._on_text if wants_text else None)
+
+    def _enqueue(self, on_text: Callable[[str], None] | None) -> Future:
+        return self.service.submit(self.request, should_stop=self._should_stop, on_text=on_text)
 
     def cancel(self) -> None:
         """Stop the generation, or drop the request from the queue while it waits."""
@@ -114,3 +118,22 @@ class AsyncCompletion:
                 self._loop.call_soon_threadsafe(self._pieces.put_nowait, piece)
             except RuntimeError:  # the event loop is gone (server shutting down): nobody to stream to
                 self._stop.set()
+
+
+EngineJob = Callable[[EngineProtocol, Callable[[str], None], Callable[[], bool]], Generation]
+
+
+class AsyncEngineCall(AsyncCompletion):
+    """A raw generation on the worker, `job(engine, on_text, should_stop)`, bridged like a completion: the
+    engine routes of `codegemma serve` stream and cancel through it. Its Future resolves to the job's result."""
+
+    def __init__(self, service: CompletionService, job: EngineJob, *, stream: bool = False) -> None:
+        super().__init__(service, CompletionRequest(path="", text="", cursor=0), stream=stream)
+        self._job = job
+
+    def _enqueue(self, on_text: Callable[[str], None] | None) -> Future:
+        job, should_stop = self._job, self._should_stop
+
+        def run(engine: EngineProtocol) -> Generation:
+            return job(engine, on_text or (lambda piece: None), should_stop)
+        return self.service.submit_call(run, should_stop=should_stop)

@@ -4,7 +4,8 @@
     fim FILE --line L --col C        1-based line and 1-based column in characters, as editors show them
     fim - --offset N < file.py       read the file from stdin
 
-Flags: --context FILE... (other files), --model PATH|PRESET, --max-tokens, --temperature,
+Flags: --context FILE... (other files), --model PATH|PRESET, --server URL (a running `codegemma serve` or
+another OpenAI-compatible engine instead of loading the model; --model then names its tokenizer), --max-tokens, --temperature,
 --multiline/--single-line, --json (one object: text, range, debug), --show-prompt (on stderr).
 With --json, `range` is where the text goes (the cursor, as an empty range) in the same unit as the input
 position: bytes for --offset, characters otherwise (debug.char_range always has character offsets). Bad input: one line on stderr and exit status 2.
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path", help="file path to show the model (default: FILE, or stdin.txt for -)")
     parser.add_argument("--model", help="model: a checkpoint directory, a .gguf file or a preset name "
                                         "(default: the embedded Gemma 3 270M)")
+    parser.add_argument("--server", metavar="URL",
+                        help="complete on a running engine instead of loading the model: a `codegemma serve` "
+                             "(http://HOST:PORT) or an OpenAI-compatible /v1/completions (vLLM, TGI, llama.cpp "
+                             "server); --model then names its tokenizer. API key: $CODEGEMMA_ENGINE_API_KEY")
     parser.add_argument("--dtype", help="bf16 or fp32 (default: bf16 where the CPU supports it)")
     parser.add_argument("--int8", action="store_true", help="int8 weight-only quantisation")
     parser.add_argument("--quant", choices=("int8", "q8_0", "q4"), help="weights quantized once and cached: int8, q8_0 or q4 (GGUF block formats on the native products)")
@@ -149,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         request = build_request(args)  # bad input is reported before the model takes seconds to load
-        result = run(args, request, load_engine(args.model, dtype=args.dtype, int8=args.int8, quant=args.quant))
+        result = run(args, request, load_engine(args.model, dtype=args.dtype, int8=args.int8, quant=args.quant,
+                                                   server=args.server))
     except FimError as error:
         print(f"fim: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

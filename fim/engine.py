@@ -23,7 +23,13 @@ def engine_errors() -> Iterator[None]:
 
 
 def load_engine(model: str | None, dtype: str | None = None, int8: bool = False,
-                quant: str | None = None) -> EngineProtocol:
-    """The engine for `model` (None = the embedded default); raises EngineError when it cannot load."""
+                quant: str | None = None, server: str | None = None) -> EngineProtocol:
+    """The engine for `model` (None = the embedded default); raises EngineError when it cannot load.
+
+    With `server` (a URL), a remote engine there (`fim.remote`): `model` then names only the tokenizer."""
+    if server is not None:
+        from fim.remote import load_remote  # here: fim.remote builds on this module
+
+        return load_remote(server, model)
     with engine_errors():
         return load(model, dtype=dtype, int8=int8, quant=quant)

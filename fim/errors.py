@@ -23,3 +23,7 @@ class ServiceNotReadyError(FimError):
 class EngineError(FimError):
     """The model core refused or failed: a model that does not load, a prompt longer than its context,
     text its tokenizer cannot handle. Carries the core's one-line message."""
+
+
+class RemoteEngineError(EngineError):
+    """A remote engine (`fim.remote`) is down, too slow, or answered something that is not a completion."""

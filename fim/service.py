@@ -38,7 +38,8 @@ class CompletionService:
     """
 
     def __init__(self, model: str | None = None, dtype: str | None = None, int8: bool = False, quant: str | None = None,
-                 max_queue: int = 8, *, engine: EngineProtocol | None = None, parallel: int = 1) -> None:
+                 max_queue: int = 8, *, engine: EngineProtocol | None = None, parallel: int = 1,
+                 server: str | None = None) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         if not 1 <= parallel <= MAX_PARALLEL:
@@ -48,6 +49,7 @@ class CompletionService:
         self.dtype = dtype
         self.int8 = int8
         self.quant = quant
+        self.server = server  # a remote engine's URL (fim.remote): `model` then names only its tokenizer
         self.max_queue = max_queue
         self.engine: EngineProtocol | None = None
         self.error: str | None = None
@@ -88,6 +90,16 @@ class CompletionService:
         Requests submitted while the model loads wait for it.
         """
         validate_request(request)
+        return self._enqueue(lambda engine: complete(engine, request, should_stop=should_stop, on_text=on_text),
+                             should_stop)
+
+    def submit_call(self, job: Callable[[EngineProtocol], object], *,
+                    should_stop: Callable[[], bool] | None = None) -> Future:
+        """Queue `job(engine)` for the worker (a raw generation: the engine routes of `codegemma serve`);
+        queueing, cancellation and errors as for `submit`."""
+        return self._enqueue(job, should_stop)
+
+    def _enqueue(self, job: Callable[[EngineProtocol], object], should_stop: Callable[[], bool] | None) -> Future:
         with self._lock:
             if self._closed:
                 raise ServiceNotReadyError("the completion service is closed")
@@ -99,7 +111,7 @@ class CompletionService:
                 raise QueueFullError(f"{live} completion requests are already waiting (max {self.max_queue})")
             future: Future = Future()
             self._waiting[future] = should_stop
-        self._queue.put((future, request, should_stop, on_text))
+        self._queue.put((future, job, should_stop))
         return future
 
     def close(self) -> None:
@@ -133,7 +145,7 @@ class CompletionService:
             item = self._queue.get()
             if item is _CLOSE:
                 return
-            future, request, should_stop, on_text = item
+            future, job, should_stop = item
             with self._lock:
                 self._waiting.pop(future, None)
             if should_stop is not None and should_stop():
@@ -145,7 +157,7 @@ class CompletionService:
                 future.set_exception(ServiceNotReadyError(f"the model failed to load: {self.error}"))
                 continue
             try:
-                future.set_result(complete(self.engine, request, should_stop=should_stop, on_text=on_text))
+                future.set_result(job(self.engine))
             except BaseException as error:  # noqa: BLE001 - every failure belongs to the caller's Future
                 future.set_exception(error)
 
@@ -157,7 +169,8 @@ class CompletionService:
                 self.engine = self._given_engine
             else:
                 report(f"loading model {self.model or 'default'}", 0.0)
-                self.engine = load_engine(self.model, dtype=self.dtype, int8=self.int8, quant=self.quant)
+                self.engine = load_engine(self.model, dtype=self.dtype, int8=self.int8, quant=self.quant,
+                                          server=self.server)
             if self.parallel > 1 and isinstance(self.engine, Engine):
                 self.engine = BatchEngine(self.engine, self.parallel)
         except Exception as error:  # noqa: BLE001 - a load failure is reported, never raised into a thread

@@ -6,7 +6,8 @@ completion request after each, as editors ask; at the end of each line the "user
 for the ghost text. Requests that the next keystroke supersedes come back cancelled. It reports the
 p50/p95 request-to-response time of the answered requests and the share cancelled, first with the
 default settings, then, in the same server (one model load), with prompt reuse and speculative
-decoding switched off. The last line is one JSON object.
+decoding switched off; or, with `--server URL`, in a second server that completes on that running
+engine (`remote_*` keys). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def _format(name: str, summary: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codegemma bench lsp", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model for the server (default: the embedded model)")
+    parser.add_argument("--server", metavar="URL", default=None,
+                        help="also measure `codegemma lsp --server URL` (a running codegemma serve or another "
+                             "engine), after the in-process baseline, instead of the no-reuse pass")
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE,
                         help=f"source file to type (default: {DEFAULT_FILE})")
     parser.add_argument("--start-line", type=int, default=120, help="type from this line on (default: 120)")
@@ -124,6 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest wait for the ghost text at a pause; slower answers count as timeouts "
                              "(default: 20)")
     return parser
+
+
+def _session(command: list[str], label: str, file: Path) -> LspClient | None:
+    """A started, initialized server with its model ready (None, after a message, when it failed to load)."""
+    client = LspClient(command, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    client.initialize(file.resolve().parent.as_uri())
+    started = time.perf_counter()
+    end = client.wait_model_ready(timeout=600)
+    print(f"{label}: {end['params']['value'].get('message', '')} (waited {time.perf_counter() - started:.1f} s)")
+    if any(m["method"] == "window/showMessage" and m["params"]["type"] == 1 for m in client.notifications):
+        print(f"codegemma bench lsp: the {label} server could not load its model", file=sys.stderr)
+        client.close()
+        return None
+    return client
+
+
+def _keys(prefix: str, summary: dict) -> dict:
+    return {f"{prefix}{key}": summary[key] for key in ("p50_ms", "p95_ms", "cancelled_share", "requests",
+                                                       "shown_share", "timeout_share", "errors")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,38 +160,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codegemma bench lsp: nothing to type in {args.file} after line {args.start_line}", file=sys.stderr)
         return 2
     command = [sys.executable, "-m", "lsp.cli", *(["--model", args.model] if args.model else [])]
-    client = LspClient(command, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    uri = args.file.resolve().as_uri()
+
+    def replay_with(client: LspClient, name: str) -> dict:
+        summary = replay(client, uri, before, typed, after, args.interval_ms / 1000, args.pause_ms / 1000,
+                         args.wait_s)
+        print(_format(name, summary))
+        return summary
+
+    print(f"typing {len(typed)} characters of {args.file} from line {args.start_line}, "
+          f"{args.interval_ms:.0f} ms per key, {args.pause_ms:.0f} ms pause per line")
+    client = _session(command, "in-process model", args.file)
+    if client is None:
+        return 1
     try:
-        root = args.file.resolve().parent.as_uri()
-        client.initialize(root)
-        started = time.perf_counter()
-        end = client.wait_model_ready(timeout=600)
-        print(f"model: {end['params']['value'].get('message', '')} (waited {time.perf_counter() - started:.1f} s)")
-        if any(m["method"] == "window/showMessage" and m["params"]["type"] == 1 for m in client.notifications):
-            print("codegemma bench lsp: the server could not load the model", file=sys.stderr)
-            return 1
-        print(f"typing {len(typed)} characters of {args.file} from line {args.start_line}, "
-              f"{args.interval_ms:.0f} ms per key, {args.pause_ms:.0f} ms pause per line")
-        uri = args.file.resolve().as_uri()
-        default = replay(client, uri, before, typed, after, args.interval_ms / 1000, args.pause_ms / 1000,
-                         args.wait_s)
-        print(_format("default", default))
-        client.notify("workspace/didChangeConfiguration", {"settings": PLAIN_SETTINGS})
-        plain = replay(client, uri, before, typed, after, args.interval_ms / 1000, args.pause_ms / 1000,
-                         args.wait_s)
-        print(_format("no reuse, no speculation", plain))
+        default = replay_with(client, "default")
+        if args.server is None:
+            client.notify("workspace/didChangeConfiguration", {"settings": PLAIN_SETTINGS})
+            second = replay_with(client, "no reuse, no speculation")
     finally:
         client.close()
-    result = {
-        "p50_ms": default["p50_ms"], "p95_ms": default["p95_ms"], "cancelled_share": default["cancelled_share"],
-        "requests": default["requests"], "shown_share": default["shown_share"], "errors": default["errors"],
-        "plain_p50_ms": plain["p50_ms"], "plain_p95_ms": plain["p95_ms"],
-        "plain_cancelled_share": plain["cancelled_share"], "plain_requests": plain["requests"],
-        "plain_shown_share": plain["shown_share"], "timeout_share": default["timeout_share"],
-        "plain_timeout_share": plain["timeout_share"],
-        "plain_errors": plain["errors"],
-        "chars": len(typed), "interval_ms": args.interval_ms, "file": str(args.file),
-    }
+    if args.server is not None:
+        # The baseline ran first, in its own server; this one loads no model and asks the running engine.
+        client = _session([*command, "--server", args.server], f"--server {args.server}", args.file)
+        if client is None:
+            return 1
+        try:
+            second = replay_with(client, "--server (shared engine)")
+        finally:
+            client.close()
+    result = {**_keys("", default), **_keys("remote_" if args.server else "plain_", second),
+              "chars": len(typed), "interval_ms": args.interval_ms, "file": str(args.file)}
+    if args.server is not None:
+        result["server"] = args.server
     print(json.dumps(result))
     return 0
 

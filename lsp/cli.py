@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None,
                         help="model path (HF checkpoint dir or .gguf) or name for codegemma.load; "
                              "default: the embedded model. initializationOptions.model overrides it.")
+    parser.add_argument("--server", metavar="URL", default=None,
+                        help="complete on a running engine shared by every editor window instead of loading the "
+                             "model: a `codegemma serve` (http://HOST:PORT) or an OpenAI-compatible /v1/completions "
+                             "(vLLM, TGI, llama.cpp server); --model then names its tokenizer. API key: "
+                             "$CODEGEMMA_ENGINE_API_KEY")
     parser.add_argument("--tcp", type=_host_port, metavar="HOST:PORT",
                         help="serve one client over TCP instead of stdio")
     parser.add_argument("--token", default=None,
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from lsp.server import server  # imported here: `--help` should not pay for pygls and torch
     from lsp.transport import serve_io, serve_tcp
 
-    server.settings = replace(server.settings, model=args.model)
+    server.settings = replace(server.settings, model=args.model, server=args.server)
     try:
         if args.tcp is not None:
             serve_tcp(server, *args.tcp, token=token, max_bytes=args.max_message_bytes)

@@ -19,7 +19,7 @@ from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInter
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from fim import CompletionService, FimError, QueueFullError, ServiceNotReadyError
+from fim import CompletionService, FimError, QueueFullError, RemoteEngineError, ServiceNotReadyError
 from lsp import completer, loader
 from lsp.documents import DocumentError, Documents, OutOfStep
 from lsp.inflight import InFlight, debounce
@@ -63,6 +63,7 @@ class CodegemmaServer(LanguageServer):
         self.root: str | None = None
         self.service: CompletionService | None = None
         self.shutdown_requested = False
+        self.remote_down = False  # in a failure episode of the remote engine: the user was told once
         self._tasks: set[asyncio.Task] = set()  # strong references to background tasks
 
     # --- lifecycle and settings -------------------------------------------------------------------
@@ -92,7 +93,8 @@ class CodegemmaServer(LanguageServer):
             asyncio.get_running_loop().run_in_executor(None, old.close)
         # The server cancels superseded requests itself, so the live ones are at most one per document;
         # the queue bound only has to absorb cancelled requests the worker has not dropped yet.
-        self.service = CompletionService(model=self.settings.model, max_queue=QUEUE_LIMIT)
+        self.service = CompletionService(model=self.settings.model, server=self.settings.server,
+                                         max_queue=QUEUE_LIMIT)
         self._background(loader.load(self, self.service))
 
     def stop(self) -> None:
@@ -111,6 +113,20 @@ class CodegemmaServer(LanguageServer):
         didChange, or didClose + didOpen). Clients without the notification see the log line."""
         self.warn(str(error))
         self.protocol.notify(RESYNC, {"uri": error.uri, "reason": str(error)})
+
+    def remote_failed(self, error: RemoteEngineError) -> None:
+        """A remote engine that is down says so once per failure episode (window/showMessage), not once per
+        keystroke; every failure still goes to the log."""
+        if not self.remote_down:
+            self.remote_down = True
+            self.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"CodeGemma: {_one_line(error)}"))
+        self.warn(_one_line(error))
+
+    def remote_answered(self) -> None:
+        if self.remote_down:
+            self.remote_down = False
+            self.window_show_message(types.ShowMessageParams(types.MessageType.Info,
+                                                             "CodeGemma: the remote engine answers again"))
 
     def warn(self, message: str) -> None:
         self.window_log_message(types.LogMessageParams(types.MessageType.Warning, f"CodeGemma: {message}"))
@@ -167,10 +183,14 @@ class CodegemmaServer(LanguageServer):
             raise
         except (QueueFullError, ServiceNotReadyError):
             return None  # busy, or no model (the user was told when it failed to load)
+        except RemoteEngineError as error:
+            self.remote_failed(error)
+            return None
         except FimError as error:
             raise JsonRpcInternalError(message=f"completion failed: {_one_line(error)}") from None
         finally:
             self.inflight.finish(uri, ticket)
+        self.remote_answered()
         if response is None or response.stop_reason == "cancelled" or ticket.should_stop():
             raise asyncio.CancelledError
         edit = completer.edit(snap, response)

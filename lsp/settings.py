@@ -16,6 +16,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Settings:
     model: str | None = None            # path or name codegemma.load accepts; None = embedded default
+    server: str | None = None           # a running engine's URL (`--server`): no model is loaded here
     max_tokens: int = 64                # new tokens per completion
     temperature: float = 0.0            # 0 = greedy (deterministic ghost text)
     debounce_ms: int = 25               # wait this long for a newer request before running the model

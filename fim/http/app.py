@@ -2,7 +2,8 @@
 
 Routes (see each module): llama.cpp `POST /infill`, `GET /health`; Tabby `POST /v1/completions`,
 `GET /v1/health`, `POST /v1/events`, `GET /v1beta/server_setting`; OpenAI-style
-`POST /openai/v1/completions`, `GET /openai/v1/models`; Prometheus `GET /metrics`.
+`POST /openai/v1/completions`, `GET /openai/v1/models`; the engine itself for other servers' `--server` /
+`--engine` (`POST /engine/v1/completions`, `GET /engine/v1/models`); Prometheus `GET /metrics`.
 The caller owns the service (starts and closes it); the app only submits to it.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from fim.http import llamacpp, openai, tabby
+from fim.http import engine_api, llamacpp, openai, tabby
 from fim.http.errors import install_error_handlers
 from fim.http.middleware import (AuthMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, MetricsMiddleware,
                                  OriginMiddleware)
@@ -28,7 +29,7 @@ def create_app(service: CompletionService, settings: ServerSettings | None = Non
                   description="Code completion for llama.cpp, Tabby and OpenAI-style clients.")
     app.state.codegemma = state
     install_error_handlers(app, settings.retry_after_s)
-    for router in (llamacpp.router, tabby.router, openai.router):
+    for router in (llamacpp.router, tabby.router, openai.router, engine_api.router):
         app.include_router(router)
 
     @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse,

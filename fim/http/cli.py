@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s; others need --api-key)")
     p.add_argument("--port", type=int, default=d.port, help="port (default %(default)s; 0 = any free port)")
     p.add_argument("--model", default=None, help="model: a HF checkpoint dir or .gguf file (default: the embedded one)")
+    p.add_argument("--engine", default=None, metavar="URL",
+                   help="front a running engine instead of loading the model: another codegemma serve "
+                        "(http://HOST:PORT) or an OpenAI-compatible /v1/completions (vLLM, TGI, llama.cpp server, "
+                        "http://HOST:PORT/v1); --model then names its tokenizer. API key: $CODEGEMMA_ENGINE_API_KEY")
     p.add_argument("--dtype", default=None, help="weights dtype, e.g. bfloat16 or float32")
     p.add_argument("--int8", action="store_true", help="weight-only int8 linear layers")
     p.add_argument("--quant", choices=("int8", "q8_0", "q4"), help="weights quantized once and cached: int8, q8_0 or q4 (GGUF block formats on the native products)")
@@ -120,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host, port = sock.getsockname()[:2]
     service = CompletionService(args.model, dtype=args.dtype, int8=args.int8, quant=args.quant,
-                                max_queue=args.max_queue, parallel=args.parallel)
+                                max_queue=args.max_queue, parallel=args.parallel, server=args.engine)
     service.start(on_progress=lambda message, _fraction: print(f"codegemma serve: {message}", file=sys.stderr))
     app = create_app(service, settings)
     config = uvicorn_config(app, settings, log_level=args.log_level, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     threading.Thread(target=_stop_on_load_failure, args=(service, server), daemon=True).start()
     print(f"codegemma serve: listening on http://{host}:{port} (llama.cpp /infill, Tabby /v1/completions, "
-          f"OpenAI /openai/v1/completions, /metrics)", file=sys.stderr)
+          f"OpenAI /openai/v1/completions, engine /engine/v1/completions, /metrics)", file=sys.stderr)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fim.errors import FimError, QueueFullError, ServiceNotReadyError
+from fim.errors import FimError, QueueFullError, RemoteEngineError, ServiceNotReadyError
 
 log = logging.getLogger("fim.http")
 
@@ -28,6 +28,7 @@ _TYPES = {
     431: "invalid_request_error",
     422: "invalid_request_error",
     500: "server_error",
+    502: "server_error",
     503: "unavailable_error",
 }
 
@@ -72,9 +73,12 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str]:
 
 
 def status_for(error: FimError) -> int:
-    """The HTTP status of a completion-service error: 503 for capacity, 422 for the request."""
+    """The HTTP status of a completion-service error: 503 for capacity, 502 for a remote engine that failed
+    (`codegemma serve --engine`), 422 for the request."""
     if isinstance(error, (QueueFullError, ServiceNotReadyError)):
         return 503
+    if isinstance(error, RemoteEngineError):
+        return 502
     return 422
 
 

@@ -78,4 +78,4 @@ def test_codegemma_unknown_command_is_one_line_and_usage(tmp_path):
 def test_codegemma_bench_lists_the_benches(tmp_path):
     done = run(tmp_path, script("codegemma"), "bench")
     assert done.returncode == 2
-    assert done.stderr == "usage: codegemma bench {completion,decode,http,lsp,speculative} ...\n"
+    assert done.stderr == "usage: codegemma bench {completion,decode,http,lsp,remote,speculative} ...\n"
