@@ -43,16 +43,20 @@ def names(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def candidate_counts(value: str) -> list[int]:
+def candidate_variants(value: str) -> list[tuple[int, bool]]:
+    """`1,4` or `1,1+lines,4+lines`: candidate counts, each optionally with line-prefix candidates."""
     from fim.request import MAX_CANDIDATES  # here: `eval check` must not load the model stack
 
-    try:
-        counts = [int(part) for part in names(value)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated candidate counts, e.g. 1,4: got {value!r}") from None
-    if not counts or any(not 1 <= n <= MAX_CANDIDATES for n in counts) or len(set(counts)) != len(counts):
-        raise argparse.ArgumentTypeError(f"candidate counts must be distinct, from 1 to {MAX_CANDIDATES}: got {value!r}")
-    return counts
+    variants = []
+    for part in names(value):
+        count, lines = part.removesuffix("+lines"), part.endswith("+lines")
+        if not count.isdigit() or not 1 <= int(count) <= MAX_CANDIDATES:
+            raise argparse.ArgumentTypeError(f"candidate counts are 1 to {MAX_CANDIDATES}, each optionally with "
+                                             f"+lines, e.g. 1,4+lines: got {value!r}")
+        variants.append((int(count), lines))
+    if not variants or len(set(variants)) != len(variants):
+        raise argparse.ArgumentTypeError(f"expected distinct candidate counts, e.g. 1,4: got {value!r}")
+    return variants
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -75,9 +79,11 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--no-speculative", action="store_true")
-    parser.add_argument("--candidates", type=candidate_counts, default=[1],
-                        help="suffix-aware reranking with up to N candidates (1 = off); several counts, e.g. 1,4, "
-                        "run each variant on the same tasks into OUT/candidates-N and print them side by side")
+    parser.add_argument("--candidates", type=candidate_variants, default=[(1, False)],
+                        help="suffix-aware reranking with up to N candidates (1 = off); N+lines also scores each "
+                        "candidate cut at its line ends (1+lines: the greedy completion's line prefixes only); "
+                        "several, e.g. 1,4 or 1,1+lines,4+lines, run each variant on the same tasks into "
+                        "OUT/candidates-N[-lines] and print them side by side")
     parser.add_argument("--context-files", type=int, default=0, help="other tasks' code attached as context")
     parser.add_argument("--out", type=Path, default=Path("eval-out"), help="results and report (resumable)")
     add_sandbox_arguments(parser)
@@ -181,12 +187,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     engine = load_engine(args.model, args.dtype, args.int8)
     command = "codegemma eval " + shlex.join(argv)
     variants: dict[str, dict[str, Any]] = {}
-    for candidates in args.candidates:
-        out = args.out if len(args.candidates) == 1 else args.out / f"candidates-{candidates}"
+    for candidates, lines in args.candidates:
+        variant = f"candidates-{candidates}" + ("-lines" if lines else "")
+        out = args.out if len(args.candidates) == 1 else args.out / variant
         settings = Settings(model=engine.name, n=args.n, temperature=args.temperature,
                             top_p=args.top_p if args.top_p is not None else (0.95 if args.temperature > 0 else 1.0),
                             max_tokens=args.max_tokens, speculative=not args.no_speculative,
-                            context_files=args.context_files, seed=args.seed, candidates=candidates)
+                            context_files=args.context_files, seed=args.seed, candidates=candidates, rerank_lines=lines)
         with sandbox_from(args) as sandbox:
             with Run(out, settings, sandbox) as evaluation, \
                     progress_bar(len(evaluation.pending(tasks))) as on_record:
@@ -196,7 +203,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         files = write_report(out, summary, records, {**vars(settings), "isolation": isolation}, command)
         print(terminal_table(table(summary)))
         print(f"report: {files[0]}")
-        variants[f"candidates-{candidates}"] = summary
+        variants[variant] = summary
     if len(variants) > 1:  # the variants side by side, per benchmark
         rows = {f"{name} {variant}": summary[name] for name in next(iter(variants.values()))
                 for variant, summary in variants.items()}

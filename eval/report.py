@@ -34,7 +34,7 @@ def _summarize_one(rows: list[dict]) -> dict[str, Any]:
     if matches:
         summary["exact_match"] = sum(matches) / len(matches)
         summary["exact_match_ci95"] = wilson_interval(sum(matches), len(matches))
-    chosen = [r["rerank_chosen"] for r in rows if r.get("rerank_made", 1) > 1]
+    chosen = [r["rerank_chosen"] for r in rows if "rerank_chosen" in r]
     if chosen:  # how often reranking answered with another candidate than the first (greedy) one
         summary["rerank_changed"] = sum(c != 0 for c in chosen) / len(rows)
     for key in ("ttft_s", "total_s"):

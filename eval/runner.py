@@ -51,6 +51,7 @@ class Settings:
     context_files: int = 0  # other files attached as multi-file context (canonical code of other tasks)
     seed: int = 0
     candidates: int = 1  # suffix-aware reranking (fim.rerank) with up to this many candidates; 1 = off
+    rerank_lines: bool = False  # reranking also scores each candidate cut at its line ends
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def generate(engine: EngineProtocol, task: Task, sample: int, settings: Settings
         max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p,
         seed=_seed(settings.seed, task.task_id, sample), stop=task.stop, use_context=bool(context),
         speculative=settings.speculative, candidates=settings.candidates,
+        rerank_lines=settings.rerank_lines,
     )
     request = CompletionRequest(path=task_path(task), text=text, cursor=len(task.prompt), language="python",
                                 other_files=context, options=options)
@@ -78,11 +80,11 @@ def generate(engine: EngineProtocol, task: Task, sample: int, settings: Settings
     total = time.perf_counter() - started
     stats = {key: getattr(response.stats, key) for key in STAT_KEYS}
     stats.update(ttft_s=(first[0] - started) if first else total, total_s=total, stop_reason=response.stop_reason)
-    if settings.candidates > 1:
+    if settings.candidates > 1 or settings.rerank_lines:
         rerank = response.debug.get("rerank", {})
         # every candidate with its scores, so that other selection rules can be scored afterwards
         stats.update(rerank_made=rerank.get("made", 1), rerank_chosen=rerank.get("chosen", 0),
-                     rerank_candidates=[{key: c[key] for key in ("text", "candidate_tokens", "candidate_logp",
+                     rerank_candidates=[{key: c[key] for key in ("text", "source", "candidate_tokens", "candidate_logp",
                                                                   "probe_tokens", "probe_logp", "score")}
                                         for c in rerank.get("candidates", [])])
     return Generated(response.text, stats)

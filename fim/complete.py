@@ -89,7 +89,7 @@ def complete(engine: EngineProtocol, request: CompletionRequest, *, should_stop:
     """
     started = time.perf_counter()
     prompt, language, multiline, debug = prepare(engine, request)
-    if request.options.candidates > 1 and isinstance(engine, ScoringEngine):
+    if (request.options.candidates > 1 or request.options.rerank_lines) and isinstance(engine, ScoringEngine):
         # the chosen candidate is known only at the end: it is streamed then, as one piece
         def run_one(options: CompletionOptions) -> CompletionResponse:
             one = replace(request, options=options)

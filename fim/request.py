@@ -48,6 +48,7 @@ class CompletionOptions:
     # suffix-aware reranking (fim.rerank): up to this many candidates, within rerank_budget_ms of the request
     candidates: int = 1
     rerank_budget_ms: int | None = None  # None = no limit: all `candidates` are made
+    rerank_lines: bool = False  # also rerank each candidate cut at its line ends (scoring only, no generation)
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,12 @@ def test_wilson_interval():
 def test_eval_compares_single_and_reranked_variants(tmp_path, data_dir, capsys):
     out = tmp_path / "cmp"
     code = cli.main(["--dataset", "infill-single,infill-random", "--subset", "quick", "--limit", "2",
-                     "--candidates", "1,3", "--model", tiny_checkpoint(), "--max-tokens", "4",
+                     "--candidates", "1,3,1+lines", "--model", tiny_checkpoint(), "--max-tokens", "4",
                      "--data-dir", str(data_dir), "--out", str(out), *FAST])
     assert code == 0
     printed = capsys.readouterr().out
     summary = json.loads(printed.strip().splitlines()[-1])
-    assert set(summary["variants"]) == {"candidates-1", "candidates-3"}
+    assert set(summary["variants"]) == {"candidates-1", "candidates-3", "candidates-1-lines"}
     for variant in summary["variants"].values():
         single = variant["infill-single"]
         assert single["tasks"] == 2 and len(single["pass@1_ci95"]) == 2 and "exact_match_ci95" in single
