@@ -3,13 +3,15 @@ likely, lists every candidate in the debug record, and one candidate is exactly 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from codegemma import EngineProtocol
 
 from fim import BadRequestError, CompletionOptions, CompletionRequest, complete
-from fim.rerank import suffix_probe
+from fim.rerank import line_prefixes, suffix_probe
 from tests.tiny import tiny_engine
 
 PREFIX = "width = 3\nheight = 4\narea = "
@@ -147,3 +149,18 @@ def test_suffix_probe_takes_the_first_lines_with_content():
 def test_bad_options(plain_engine, options, message):
     with pytest.raises(BadRequestError, match=message):
         complete(plain_engine, CompletionRequest("a.py", "x = ", 4, options=CompletionOptions(**options)))
+
+
+def test_line_prefixes_are_post_processed_shorter_candidates(plain_engine):
+    text = "def f(a):\n    \n    return b\n"
+    cursor = text.index("    \n") + 4
+    response = complete(plain_engine, CompletionRequest("a.py", text, cursor, options=CompletionOptions(
+        max_tokens=3, mode="multi")))
+    raw = "b = a + 1\n    c = b * 2\n    d = c\n"
+    made = replace(response, text=raw.rstrip(), debug={**response.debug, "raw": raw})
+    shorter = line_prefixes(made, text, cursor)
+    assert [r.text for r in shorter] == ["b = a + 1\n    c = b * 2", "b = a + 1"]
+    assert all(r.debug["raw"].endswith(r.text) for r in shorter)
+    single_line = replace(made, debug={**made.debug, "mode": {"multiline": False}})
+    assert line_prefixes(single_line, text, cursor) == []
+
