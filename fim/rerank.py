@@ -57,7 +57,7 @@ class Scored:
                 "stop_reason": self.response.stop_reason, "temperature": self.temperature, "seed": self.seed,
                 "candidate_tokens": len(self.candidate_logp), "candidate_logp": round(sum(self.candidate_logp), 4),
                 "probe_tokens": len(self.probe_logp), "probe_logp": round(sum(self.probe_logp), 4),
-                "score": round(self.score, 4), "total_s": round(self.response.elapsed_s, 6)}
+                "score": round(self.score, 4), "done_s": round(self.response.elapsed_s, 6)}  # since the request began
 
 
 def suffix_probe(text: str, cursor: int, lines: int = PROBE_LINES) -> str:
@@ -76,13 +76,14 @@ def suffix_probe(text: str, cursor: int, lines: int = PROBE_LINES) -> str:
 
 
 def line_prefixes(response: CompletionResponse, text: str, cursor: int) -> list[CompletionResponse]:
-    """Shorter candidates for free: the generated text cut before each of its newlines (at most
-    MAX_LINE_PREFIXES, the longest first), each post-processed as a completion of its own. A multi-line
+    """Shorter candidates for free: the generated text cut before each of its newlines (its first
+    MAX_LINE_PREFIXES lines, one, two, ...: the cheapest to score, and too long is the usual mistake), each
+    post-processed as a completion of its own. A multi-line
     completion's length is the post-processor's guess; the suffix tells which length fits."""
     raw = response.debug.get("raw", "")
     if not response.debug.get("mode", {}).get("multiline"):
         return []
-    cuts = [i for i, c in enumerate(raw) if c == "\n" and raw[:i].strip()][::-1][:MAX_LINE_PREFIXES]
+    cuts = [i for i, c in enumerate(raw) if c == "\n" and raw[:i].strip()][:MAX_LINE_PREFIXES]
     out = []
     for cut in cuts:
         shorter, steps = postprocess(raw[:cut], text, cursor, response.debug["language"], True)

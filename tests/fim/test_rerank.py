@@ -159,7 +159,7 @@ def test_line_prefixes_are_post_processed_shorter_candidates(plain_engine):
     raw = "b = a + 1\n    c = b * 2\n    d = c\n"
     made = replace(response, text=raw.rstrip(), debug={**response.debug, "raw": raw})
     shorter = line_prefixes(made, text, cursor)
-    assert [r.text for r in shorter] == ["b = a + 1\n    c = b * 2", "b = a + 1"]
+    assert [r.text for r in shorter] == ["b = a + 1", "b = a + 1\n    c = b * 2"]
     assert all(r.debug["raw"].endswith(r.text) for r in shorter)
     single_line = replace(made, debug={**made.debug, "mode": {"multiline": False}})
     assert line_prefixes(single_line, text, cursor) == []
