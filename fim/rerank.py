@@ -142,6 +142,8 @@ def rerank(engine: ScoringEngine, prompt_ids: list[int], fim: bool, text: str, c
             score(response, opts, "greedy" if index == 0 and not opts.temperature else "sample")
             if options.rerank_lines:
                 for shorter in line_prefixes(response, text, cursor):
+                    if budget_s is not None and time.perf_counter() - started > budget_s:
+                        break  # scoring is cheap but not free: the budget bounds it too
                     score(shorter, opts, f"lines of {index}")
 
     def next_cost() -> float:

@@ -29,6 +29,7 @@ class Settings:
     rerank: bool = False
     candidates: int = 4
     rerank_budget_ms: int = 1000
+    rerank_lines: bool = True           # also rerank each candidate cut at its line ends (scoring only)
 
     def enabled_for(self, language_id: str) -> bool:
         return self.languages.get(language_id, self.languages.get("*", True))
@@ -89,6 +90,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "rerank": ("rerank", _boolean),
     "candidates": ("candidates", _integer(1, 16)),
     "rerankBudgetMs": ("rerank_budget_ms", _integer(1, 60000)),
+    "rerankLines": ("rerank_lines", _boolean),
 }
 
 

@@ -82,10 +82,13 @@ class Extension(BaseModel):
                             "candidates, the best by how likely they make the code after the cursor; 1 = off")
     rerank_budget_ms: int | None = Field(None, gt=0, le=MAX_TIME_BUDGET_MS, description="make another candidate "
                                          "only while the request is expected to finish within this many ms")
+    rerank_lines: bool = Field(False, description="also rerank each candidate cut at its line ends (no extra "
+                               "generation; works with one candidate too)")
 
 
 def rerank(extension: Extension | None) -> dict[str, int | None]:
     """CompletionOptions fields from a request's `codegemma` object (absent: one candidate)."""
     if extension is None:
         return {}
-    return {"candidates": extension.candidates, "rerank_budget_ms": extension.rerank_budget_ms}
+    return {"candidates": extension.candidates, "rerank_budget_ms": extension.rerank_budget_ms,
+            "rerank_lines": extension.rerank_lines}

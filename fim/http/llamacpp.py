@@ -219,6 +219,7 @@ class LlamaJob:
                 "t_max_prompt_ms": b.t_max_prompt_ms, "n_cmpl": len(self.group.members),
                 "cache_prompt": b.cache_prompt, "speculative": options.speculative,
                 "candidates": options.candidates, "rerank_budget_ms": options.rerank_budget_ms,
+                "rerank_lines": options.rerank_lines,
                 "language": finished.response.debug.get("language"),
             },
             "timings": timings(stats),

@@ -49,6 +49,8 @@ def test_candidates_list_every_candidate_in_the_debug_record(capsys, source):
     assert json.loads(out)["text"] == rerank["candidates"][rerank["chosen"]]["text"]
     status, out, _ = _run(capsys, source, "--offset", offset, "--json", "--candidates", 1, *FAST)
     assert "rerank" not in json.loads(out)["debug"]
+    status, out, _ = _run(capsys, source, "--offset", offset, "--json", "--rerank-lines", *FAST)
+    assert json.loads(out)["debug"]["rerank"]["made"] == 1
 
 
 def test_plain_output_is_only_the_completion(capsys, source):

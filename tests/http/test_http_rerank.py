@@ -20,7 +20,9 @@ def test_extension_object_is_accepted(client, route):
 
 def test_llamacpp_shows_the_candidates_used(client):
     asked = client.post("/infill", json={**REQUESTS["/infill"], "codegemma": {"candidates": 3}}).json()
-    assert asked["generation_settings"]["candidates"] == 3
+    assert asked["generation_settings"]["candidates"] == 3 and not asked["generation_settings"]["rerank_lines"]
+    lines = client.post("/infill", json={**REQUESTS["/infill"], "codegemma": {"rerank_lines": True}}).json()
+    assert lines["generation_settings"]["rerank_lines"] and lines["generation_settings"]["candidates"] == 1
     plain = client.post("/infill", json=REQUESTS["/infill"]).json()
     assert plain["generation_settings"]["candidates"] == 1 and plain["generation_settings"]["rerank_budget_ms"] is None
 
@@ -28,7 +30,7 @@ def test_llamacpp_shows_the_candidates_used(client):
 @pytest.mark.parametrize("route", REQUESTS)
 @pytest.mark.parametrize("extension, field", [({"candidates": 0}, "candidates"), ({"candidates": 99}, "candidates"),
                                               ({"rerank_budget_ms": 0}, "rerank_budget_ms"),
-                                              ({"candidate": 2}, "candidate")])
+                                              ({"candidate": 2}, "candidate"), ({"rerank_lines": "maybe"}, "rerank_lines")])
 def test_bad_extension_values_are_422(client, route, extension, field):
     r = client.post(route, json={**REQUESTS[route], "codegemma": extension})
     assert r.status_code == 422 and field in r.text and "codegemma" in r.text

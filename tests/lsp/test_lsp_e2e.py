@@ -127,7 +127,8 @@ def test_rerank_settings_answer_the_reranked_completion(lsp_server):
         lsp_server.notify("workspace/didChangeConfiguration", {"settings": {**TEST_OPTIONS, "rerank": False}})
     expected = complete(_engine(), CompletionRequest(path="pkg/a.py", text=text, cursor=cursor, language="python",
                                                      options=CompletionOptions(max_tokens=TEST_OPTIONS["maxTokens"],
-                                                                               candidates=3, rerank_budget_ms=60000)))
+                                                                               candidates=3, rerank_budget_ms=60000,
+                                                                               rerank_lines=True)))
     assert len(expected.debug["rerank"]["candidates"]) == 3
     assert result["items"][0]["insertText"] == expected.text
     assert not any(m["method"] == "window/showMessage" and "rerank" in m["params"]["message"]

@@ -52,8 +52,11 @@ def test_rerank_settings_reach_the_completion_options():
     assert problems == [] and (settings.rerank, settings.candidates, settings.rerank_budget_ms) == (True, 3, 800)
     snap = Snapshot("x = ", 4, 0, 4, 4, "")
     options = request(snap, "a.py", "python", [], settings, "a.py").options
-    assert (options.candidates, options.rerank_budget_ms) == (3, 800)
+    assert (options.candidates, options.rerank_budget_ms, options.rerank_lines) == (3, 800, True)
     off = request(snap, "a.py", "python", [], Settings(candidates=3), "a.py").options
-    assert (off.candidates, off.rerank_budget_ms) == (1, None)  # candidates alone do not switch reranking on
+    # candidates alone do not switch reranking on
+    assert (off.candidates, off.rerank_budget_ms, off.rerank_lines) == (1, None, False)
+    settings, _ = apply_settings(settings, {"rerankLines": False})
+    assert not request(snap, "a.py", "python", [], settings, "a.py").options.rerank_lines
     _, problems = apply_settings(Settings(), {"candidates": 0, "rerank": "yes", "rerankBudgetMs": -5})
     assert len(problems) == 3 and "expected an integer from 1 to 16" in problems[0]
