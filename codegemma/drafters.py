@@ -15,6 +15,7 @@ from torch import Tensor
 from codegemma.model import Transformer
 from codegemma.prompt_cache import common_prefix
 from codegemma.sampling import Sampler
+from codegemma.speculation import VerifyCost
 
 
 class Drafter(Protocol):
@@ -24,17 +25,30 @@ class Drafter(Protocol):
 
 
 class AdaptiveLength:
-    """Draft length that follows the recent acceptance rate: long drafts only while they pay off, and none
-    for a while after drafts were wholly rejected (a verification costs more than a plain step), the pause
-    doubling while rejections go on."""
+    """Draft length that follows the recent acceptance: long drafts only while they pay off, and none for a
+    while after drafts were wholly rejected (a verification costs more than a plain step), the pause
+    doubling while rejections go on.
+
+    With a measured verification cost (`codegemma.speculation.VerifyCost`) the length is the one with the
+    most tokens per unit of time at the estimated per-token acceptance, and none while no length beats a
+    plain step; without one (a draft model, whose own time dominates) it doubles on full acceptance and
+    shrinks to what was accepted on poor acceptance."""
 
     MAX_PAUSE = 16
+    DECAY = 0.8  # weight of the earlier drafts in the acceptance estimate
+    PRIOR = (1.0, 2.0)  # accepted, tried: a prior estimate of 0.5, worth two draft tokens
 
-    def __init__(self, max_k: int, min_k: int = 1):
-        self.max_k, self.min_k = max_k, min_k
-        self.k = max_k
+    def __init__(self, max_k: int, min_k: int = 1, cost: VerifyCost | None = None):
+        self.max_k, self.min_k, self.cost = max_k, min_k, cost
         self.pause = 0      # proposals still to skip
         self.backoff = 1    # the next pause's length
+        self.accepted, self.tried = 0.0, 0.0  # decayed counts of draft tokens accepted / decided
+        self.k = max_k if cost is None else max(min_k, cost.best_draft(self.acceptance, max_k))
+
+    @property
+    def acceptance(self) -> float:
+        """Estimated probability that a draft token is accepted, given the ones before it were."""
+        return (self.accepted + self.PRIOR[0]) / (self.tried + self.PRIOR[1])
 
     def paused(self) -> bool:
         """True (and one step of the pause used up) while drafting is paused."""
@@ -50,7 +64,15 @@ class AdaptiveLength:
             self.pause, self.backoff = self.backoff, min(self.MAX_PAUSE, self.backoff * 2)
         else:
             self.backoff = 1
-        if accepted == drafted:
+        # tokens up to the first rejection were decided; the rest of the draft tells nothing
+        self.accepted = self.DECAY * self.accepted + accepted
+        self.tried = self.DECAY * self.tried + accepted + (accepted < drafted)
+        if self.cost is not None:
+            best = self.cost.best_draft(self.acceptance, self.max_k)
+            if best == 0:  # no draft pays at this acceptance: a pause, then a short probe
+                self.pause, self.backoff = max(self.pause, self.backoff), min(self.MAX_PAUSE, self.backoff * 2)
+            self.k = max(self.min_k, best)
+        elif accepted == drafted:
             self.k = min(self.max_k, self.k * 2)
         elif accepted * 2 < drafted:
             self.k = max(self.min_k, accepted + 1)
@@ -64,13 +86,13 @@ class NGramDrafter:
     262k vocabulary is noise) and adapts the draft length to how well the recent drafts were accepted.
     """
 
-    def __init__(self, max_n: int = 4, min_n: int = 2, max_k: int = 8):
+    def __init__(self, max_n: int = 4, min_n: int = 2, max_k: int = 8, cost: VerifyCost | None = None):
         self.max_n, self.min_n = max_n, min_n
-        self.length = AdaptiveLength(max_k)
+        self.length = AdaptiveLength(max_k, cost=cost)
         self.reset([])
 
     def reset(self, prompt: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
-        self.length = AdaptiveLength(self.length.max_k)
+        self.length = AdaptiveLength(self.length.max_k, cost=self.length.cost)
         self.corpus: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> position just after its latest occurrence
         # extra sources (e.g. the suffix of a left-to-right prompt) go first, so the live text wins ties;

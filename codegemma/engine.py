@@ -15,25 +15,16 @@ from codegemma.contract import GenerateOptions
 from codegemma.drafters import Drafter, ModelDrafter, NGramDrafter
 from codegemma.errors import PromptTooLongError
 from codegemma.generate import PREFILL_BLOCK, Generation, TextStream, generate
-from codegemma.linear import NativeLinear, weight_formats
+from codegemma.linear import weight_formats
 from codegemma.model import Transformer
 from codegemma.prompt_cache import PromptCache
 from codegemma.sampling import Sampler
+from codegemma.speculation import VerifyCost, measure_verify_cost
 from codegemma.tokenizer import Tokenizer
 
-# Verifying this many draft tokens costs about one decode step with PyTorch's products in bf16 on a 2-core
-# CPU (see `codegemma bench speculative`, which measures the ratio); longer drafts cost more than they save.
-DEFAULT_MAX_DRAFT = 8
-
-
-def speculation_pays(model: Transformer, draft_model: Transformer | None) -> bool:
-    """Whether speculative decoding is on when a caller leaves it to the engine. With the native decode
-    kernels a step streams the weights at memory bandwidth and verifying k drafts costs 1.3x (k=1) to 2.9x
-    (k=8) of it on the 2-core CPU (`codegemma bench speculative`), so n-gram drafts, accepted about half
-    the time, lose on single-line completions; PyTorch's products verify 8 drafts for the price of one
-    step, where they win. A draft model given explicitly is always used."""
-    native = isinstance(model.lm_head, NativeLinear) and model.lm_head.native is not None
-    return draft_model is not None or not native
+# The longest draft the engine verifies; the draft policy picks shorter ones from the measured cost of
+# verification and the acceptance it sees (codegemma.speculation).
+DEFAULT_MAX_DRAFT = 16
 
 
 class Engine:
@@ -45,8 +36,24 @@ class Engine:
         self.config = model.cfg
         self.draft_model = draft_model
         self.max_draft = max_draft
-        self.speculative_default = speculation_pays(model, draft_model)
         self.prompt_cache = PromptCache(model, PREFILL_BLOCK)
+        self._verify_cost: VerifyCost | None = None
+
+    @property
+    def verify_cost(self) -> VerifyCost:
+        """The measured cost of verifying drafts on this machine (measured once, on first use: ~0.3 s for
+        the embedded model). Measuring overwrites the model's KV cache, so the prompt cache starts over."""
+        if self._verify_cost is None:
+            self.prompt_cache.commit([], None)
+            self._verify_cost = measure_verify_cost(self.model)
+        return self._verify_cost
+
+    @property
+    def speculative_default(self) -> bool:
+        """Whether speculative decoding is on when a caller leaves it to the engine: where the measured
+        verification cost lets drafts accepted at a typical rate pay. A draft model given explicitly is
+        always used."""
+        return self.draft_model is not None or self.verify_cost.pays(max_k=self.max_draft)
 
     @property
     def supports_fim(self) -> bool:
@@ -64,11 +71,13 @@ class Engine:
         """Bytes of weights per storage format, e.g. {"Q8_0": 180e6, "Q5_0": 44e6, ..., "F32": ...}."""
         return weight_formats(self.model)
 
-    def _drafter(self, sampler: Sampler) -> Drafter:
+    def _drafter(self, sampler: Sampler, forced: bool) -> Drafter:
+        """The draft model if there is one, else n-gram drafts sized by the measured verification cost, or
+        (speculation forced on by the caller) by acceptance alone, so that drafting never stops for cost."""
         if self.draft_model is not None:
             return ModelDrafter(self.draft_model, Sampler(sampler.temperature, sampler.top_k, sampler.top_p,
                                                           sampler.seed), max_k=self.max_draft)
-        return NGramDrafter(max_k=self.max_draft)
+        return NGramDrafter(max_k=self.max_draft, cost=None if forced else self.verify_cost)
 
     def generate(self, prompt: Sequence[int], options: GenerateOptions = GenerateOptions(), *,
                  on_text: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
@@ -87,6 +96,9 @@ class Engine:
             raise ValueError("max_new_tokens must be at least 1")
         sampler = Sampler(options.temperature, options.top_k, options.top_p, options.seed)
         speculative = self.speculative_default if options.speculative is None else options.speculative
+        # before the prompt cache is arranged: the first drafter measures the verification cost, which
+        # overwrites the model's KV cache
+        drafter = self._drafter(sampler, forced=options.speculative is True) if speculative else None
         cached = self.prompt_cache.prepare(prompt, options.cache_key) if options.reuse_prompt else 0
         if not options.reuse_prompt:
             self.prompt_cache.commit([], None)
@@ -95,7 +107,7 @@ class Engine:
         try:
             gen, valid = generate(self.model, prompt, cached, max_new_tokens=options.max_new_tokens, sampler=sampler,
                                   stop_ids=stops, eos_id=self.tokenizer.eos_id, stream=stream,
-                                  drafter=self._drafter(sampler) if speculative else None,
+                                  drafter=drafter,
                                   max_draft=self.max_draft, should_stop=should_stop, deadline=options.deadline,
                                   sources=draft_sources)
         except BaseException:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from codegemma import kernels
 from codegemma.checkpoint import load_checkpoint
 from codegemma.config import PRESETS
 from codegemma.engine import Engine
 from codegemma.errors import CheckpointError, CodegemmaError, ModelNotFoundError
+from codegemma.gguf.blocks import BLOCK_FORMATS, quantize_blocks
 from codegemma.linear import use_native
 from codegemma.model import Transformer
 from codegemma.quant import quantize_int8
@@ -85,17 +88,31 @@ def resolve(model: str | None) -> Path:
 
 
 def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8: bool = False,
-         max_seq_len: int | None = None, draft: str | None = None) -> Engine:
-    """Load an Engine. `draft` optionally names a smaller model with the same tokenizer for speculation."""
+         max_seq_len: int | None = None, draft: str | None = None, quant: str | None = None) -> Engine:
+    """Load an Engine. `draft` optionally names a smaller model with the same tokenizer for speculation.
+    `quant`: "int8" (the same as int8=True), or "q8_0" / "q4" for weights quantized into GGUF block formats
+    and run on the native GGUF products (codegemma.gguf.blocks); either is quantized once and cached."""
+    if quant == "int8":
+        int8, quant = True, None
+    if quant is not None and quant not in BLOCK_FORMATS:
+        raise CodegemmaError(f"unknown quantization {quant!r}; use int8, {' or '.join(BLOCK_FORMATS)}")
+    if quant is not None and not kernels.available():
+        raise CodegemmaError(f"{quant} weights run on the native kernels, which are unavailable here "
+                             f"({kernels.unavailable_reason()}); use int8 or bf16")
     torch_dtype = parse_dtype(dtype)
-    native = dtype is None and not int8  # a GGUF file runs in its own formats unless a copy is asked for
+    # a GGUF file runs in its own formats unless a copy is asked for
+    native = dtype is None and not int8 and quant is None
     source = resolve(model)
     net, tokenizer, name = _load_path(source, torch_dtype, native)
     ctx = max_seq_len or int(os.environ.get("CODEGEMMA_CTX", DEFAULT_CTX))
-    net.setup_cache(min(ctx, net.cfg.max_seq_len))
+    if quant is not None:
+        _cached_quantization(source, quant, lambda cached: quantize_blocks(net, quant, cached))
+        name += f" {quant}"
+    net.setup_cache(min(ctx, net.cfg.max_seq_len))  # after quantizing: block formats keep float32 activations
     if int8:
-        _quantize_cached(net, source, torch_dtype)
-    else:
+        dtype_name = str(torch_dtype).removeprefix("torch.")
+        _cached_quantization(source, f"int8-{dtype_name}", lambda cached: quantize_int8(net, cached))
+    elif quant is None:
         use_native(net)
     draft_net = None
     if draft is not None:
@@ -108,15 +125,17 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
     return Engine(net, tokenizer, name + (" int8" if int8 else ""), draft_model=draft_net)
 
 
-def _quantize_cached(net: Transformer, source: Path, dtype: torch.dtype) -> None:
-    """int8 weights, quantized once per checkpoint (or GGUF file) and dtype and cached beside the GGUF caches:
-    a later load reads them instead of quantizing again (about 2 s for the embedded model, 15 s at 2B)."""
+def _cached_quantization(source: Path, kind: str, quantize: Callable[[dict[str, Tensor] | None], dict[str, Tensor]]) -> None:
+    """Quantized weights, computed once per checkpoint (or GGUF file) and kind and cached: a later load
+    reads them instead of quantizing again (int8: about 2 s for the embedded model, 15 s at 2B).
+    `quantize(cached)` quantizes the model in place, taking the cached tensors when given them, and returns
+    the tensors to cache."""
     from safetensors.torch import load_file, save_file
 
     from codegemma.gguf.loader import cache_root, source_key
 
-    dtype_name = str(dtype).removeprefix("torch.")
-    path = cache_root().parent / "int8" / f"{source.stem}-{source_key(source)}-{dtype_name}.safetensors"
+    folder = "int8" if kind.startswith("int8") else "blocks"
+    path = cache_root().parent / folder / f"{source.stem}-{source_key(source)}-{kind.removeprefix('int8-')}.safetensors"
     cached = None
     if path.is_file():
         try:
@@ -125,7 +144,7 @@ def _quantize_cached(net: Transformer, source: Path, dtype: torch.dtype) -> None
             cached = {name: t.clone() for name, t in load_file(str(path)).items()}
         except Exception:  # noqa: BLE001 - a damaged cache file (a full disk, say): quantize and write it again
             path.unlink(missing_ok=True)
-    tensors = quantize_int8(net, cached)
+    tensors = quantize(cached)
     if cached is None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

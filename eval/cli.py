@@ -78,6 +78,7 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="checkpoint dir or .gguf (default: the embedded model)")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--quant", choices=("int8", "q8_0", "q4"), help="weights quantized once and cached: int8, q8_0 or q4 (GGUF block formats on the native products)")
     parser.add_argument("--no-speculative", action="store_true")
     parser.add_argument("--candidates", type=candidate_variants, default=[(1, False)],
                         help="suffix-aware reranking with up to N candidates (1 = off); N+lines also scores each "
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         tasks = [t for benchmark in loaded for t in select(subset(benchmark, args.subset), None, args.limit)]
     started = time.monotonic()
-    engine = load_engine(args.model, args.dtype, args.int8)
+    engine = load_engine(args.model, args.dtype, args.int8, quant=args.quant)
     command = "codegemma eval " + shlex.join(argv)
     variants: dict[str, dict[str, Any]] = {}
     for candidates, lines in args.candidates:
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         out = args.out if len(args.candidates) == 1 else args.out / variant
         settings = Settings(model=engine.name, n=args.n, temperature=args.temperature,
                             top_p=args.top_p if args.top_p is not None else (0.95 if args.temperature > 0 else 1.0),
-                            max_tokens=args.max_tokens, speculative=not args.no_speculative,
+                            max_tokens=args.max_tokens, speculative=False if args.no_speculative else None,
                             context_files=args.context_files, seed=args.seed, candidates=candidates, rerank_lines=lines)
         with sandbox_from(args) as sandbox:
             with Run(out, settings, sandbox) as evaluation, \

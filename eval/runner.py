@@ -47,7 +47,7 @@ class Settings:
     temperature: float = 0.0
     top_p: float = 1.0  # 0.95 is the usual choice with sampling (Codex paper); set by the CLI
     max_tokens: int = 256
-    speculative: bool = True
+    speculative: bool | None = None  # None: the engine's choice (on where its measured cost lets it pay)
     context_files: int = 0  # other files attached as multi-file context (canonical code of other tasks)
     seed: int = 0
     candidates: int = 1  # suffix-aware reranking (fim.rerank) with up to this many candidates; 1 = off

@@ -22,7 +22,8 @@ def engine_errors() -> Iterator[None]:
         raise EngineError(str(error)) from error
 
 
-def load_engine(model: str | None, dtype: str | None = None, int8: bool = False) -> EngineProtocol:
+def load_engine(model: str | None, dtype: str | None = None, int8: bool = False,
+                quant: str | None = None) -> EngineProtocol:
     """The engine for `model` (None = the embedded default); raises EngineError when it cannot load."""
     with engine_errors():
-        return load(model, dtype=dtype, int8=int8)
+        return load(model, dtype=dtype, int8=int8, quant=quant)

@@ -33,13 +33,14 @@ class CompletionService:
     `start()` loads `model` with `fim.engine.load_engine` in a background thread.
     """
 
-    def __init__(self, model: str | None = None, dtype: str | None = None, int8: bool = False,
+    def __init__(self, model: str | None = None, dtype: str | None = None, int8: bool = False, quant: str | None = None,
                  max_queue: int = 8, *, engine: EngineProtocol | None = None) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.model = model
         self.dtype = dtype
         self.int8 = int8
+        self.quant = quant
         self.max_queue = max_queue
         self.engine: EngineProtocol | None = None
         self.error: str | None = None
@@ -133,7 +134,7 @@ class CompletionService:
                 self.engine = self._given_engine
             else:
                 report(f"loading model {self.model or 'default'}", 0.0)
-                self.engine = load_engine(self.model, dtype=self.dtype, int8=self.int8)
+                self.engine = load_engine(self.model, dtype=self.dtype, int8=self.int8, quant=self.quant)
         except Exception as error:  # noqa: BLE001 - a load failure is reported, never raised into a thread
             self.error = str(error).splitlines()[0] if str(error) else type(error).__name__
             report(f"model failed to load: {self.error}", 1.0)

@@ -5,8 +5,11 @@ Workloads, all measured in this one run on the same engine:
   $CODEGEMMA_DATA); a model without FIM tokens completes the prefix, with the suffix as a draft source;
 - a replay of typing a real source file, asking for a completion at every pause (end of a word or line),
   timing time-to-first-token with prompt reuse and with a fresh prefill;
-- the cost of verifying k draft tokens against one decode step, which sets the engine's draft length.
-Greedy decoding, so plain and speculative runs produce the same tokens and their times compare directly.
+- the cost of verifying k draft tokens against one decode step, as the engine measures it to decide whether
+  speculation is on by default and how long its drafts are.
+The speculative runs use the engine's default settings (speculation where the measured cost lets it pay),
+nothing forced. Greedy decoding, so plain and speculative runs produce the same tokens and their times
+compare directly.
 The last line printed is one JSON object.
 """
 
@@ -17,10 +20,7 @@ import gzip
 import json
 import os
 import statistics
-import time
 from pathlib import Path
-
-import torch
 
 from codegemma.contract import GenerateOptions
 from codegemma.engine import Engine
@@ -61,7 +61,7 @@ def run_completions(engine: Engine, cases: list[dict], max_new: int, single: boo
         ms, tokens, drafted, accepted = [], 0, 0, 0
         for case in cases:
             ids, sources = _prompt(engine, case["prompt"], case["suffix"])
-            options = GenerateOptions(max_new_tokens=max_new, speculative=mode == "speculative",
+            options = GenerateOptions(max_new_tokens=max_new, speculative=None if mode == "speculative" else False,
                                       stop_strings=("\n",) if single else (), reuse_prompt=False)
             gen = engine.generate(ids, options, draft_sources=sources)
             ms.append(gen.stats.decode_s * 1000)
@@ -93,26 +93,6 @@ def typing_replay(engine: Engine, text: str, max_new: int, pauses: int) -> dict:
                 median_ttft_fresh_ms=statistics.median(fresh))
 
 
-@torch.inference_mode()
-def verify_cost(engine: Engine, max_k: int = 16, reps: int = 5) -> dict[int, float]:
-    """Time of one forward over 1 + k tokens relative to a single-token step, at a realistic cache depth."""
-    model, pos = engine.model, 512
-    ids = torch.randint(10, 1000, (1, 1 + max_k))
-    prompt = torch.randint(10, 1000, (1, pos))
-    model(prompt, torch.arange(pos))
-
-    def timed(n: int) -> float:
-        best = float("inf")
-        for _ in range(reps):
-            t = time.perf_counter()
-            model(ids[:, :n], torch.arange(pos, pos + n))
-            best = min(best, time.perf_counter() - t)
-        return best
-
-    one = timed(1)
-    return {k: timed(1 + k) / one for k in (1, 2, 4, 6, 8, 12, 16) if k <= max_k}
-
-
 def main(argv: list[str] | None = None) -> int:
     import codegemma
 
@@ -128,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     root = data_dir(args.data_dir)
     engine = codegemma.load(args.model, dtype=args.dtype)
     engine.warmup()
-    costs = verify_cost(engine)
+    costs = engine.verify_cost.to_dict()
     print("verify cost of k draft tokens vs one step: " + ", ".join(f"k={k}: {v:.2f}x" for k, v in costs.items()))
+    print(f"speculation on by default: {engine.speculative_default}")
     multi = run_completions(engine, infilling_cases(root, "multi", args.cases), 64, single=False)
     single = run_completions(engine, infilling_cases(root, "single", args.cases), 32, single=True)
     import json.decoder as example
@@ -152,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         worst_ratio=round(min(multi["speedup"], single["speedup"]), 3),
         acceptance_rate=round(accepted / drafted, 3) if drafted else 0.0,
         ttft_reuse_ratio=round(replay["median_ttft_reuse_ms"] / replay["median_ttft_fresh_ms"], 3),
-        verify_cost={str(k): round(v, 2) for k, v in costs.items()},
+        verify_cost=costs,
+        verify_cost_k8=round(engine.verify_cost(8), 3),
+        speculative_default=engine.speculative_default,
         plain_multiline_tok_s=round(multi["plain"]["decode_tok_s"], 2),
         spec_multiline_tok_s=round(multi["speculative"]["decode_tok_s"], 2),
     )

@@ -176,27 +176,46 @@ static __attribute__((unused)) void unit_float_scalar(int type, const uint8_t *r
     }
 }
 
-/* An input row prepared for the products: float, int16 fixed point per unit with its scale, unit sums. */
+/* An input row prepared for the products: float, int16 fixed point per unit with its scale (the portable
+ * products), unit sums, and int16 fixed point per group of 32-256 values (group_of) for the vector products:
+ * K-quant superblocks sum their 8 units in integers, and the other formats apply the input's scale once per
+ * group rather than once per unit and input row. */
 typedef struct {
     const float *xf; /* [K] */
     int16_t *xq;     /* [K] */
     float *sx;       /* [K / 32] xf ~= xq * sx */
     float *xs;       /* [K / 32] sum of xf over the unit */
+    int16_t *xk;     /* [K] */
+    float *sk;       /* [K / group_of(K)] xf ~= xk * sk */
 } xprep;
+
+/* values per input scale of xk: 256 (a K-quant superblock) where K allows, else the largest power of two
+ * from 128 down to 32 that divides K (Gemma 3 270M: 640 = 5 * 128) */
+static inline int64_t group_of(int64_t K) {
+    int64_t g = SUPER;
+    while (g > UNIT && K % g) g /= 2;
+    return g;
+}
+
+/* v[0..n) as int16 fixed point q with the returned scale: v ~= q * scale */
+static float fixed16(const float *v, int n, int16_t *q) {
+    float mx = 0.0f;
+    for (int i = 0; i < n; i++) mx = fmaxf(mx, fabsf(v[i]));
+    float inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
+    for (int i = 0; i < n; i++) q[i] = (int16_t)lrintf(v[i] * inv);
+    return mx / 32767.0f;
+}
 
 static void prepare_row(xprep *x, int64_t K) {
     for (int64_t u = 0; u < K / UNIT; u++) {
         const float *v = x->xf + u * UNIT;
-        float mx = 0.0f, sum = 0.0f;
-        for (int i = 0; i < UNIT; i++) {
-            mx = fmaxf(mx, fabsf(v[i]));
-            sum += v[i];
-        }
-        float inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
-        x->sx[u] = mx / 32767.0f;
+        float sum = 0.0f;
+        for (int i = 0; i < UNIT; i++) sum += v[i];
         x->xs[u] = sum;
-        for (int i = 0; i < UNIT; i++) x->xq[u * UNIT + i] = (int16_t)lrintf(v[i] * inv);
+        x->sx[u] = fixed16(v, UNIT, x->xq + u * UNIT);
     }
+    int64_t g = group_of(K);
+    for (int64_t i = 0; i < K / g; i++) x->sk[i] = fixed16(x->xf + i * g, (int)g, x->xk + i * g);
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -209,13 +228,35 @@ static inline __m256i nibbles16(const uint8_t *qs) { /* 16 bytes of nibbles: low
                                    _mm_and_si128(_mm_srli_epi16(v, 4), m), 1);
 }
 
-/* d and m of the 8 units of a K-quant superblock b (Q4_K, Q5_K: 6-bit scales and mins; Q6_K: its one d,
- * the 16-weight scales being folded into q) */
-static inline __attribute__((always_inline)) void superblock_scales(int type, const uint8_t *b, float *d, float *m) {
-    for (int j = 0; j < 8; j++) kquant_scale(type, b, j, d + j, m + j);
+/* The scales of a K-quant superblock b: its d, the 8 units' integer scales (Q4_K, Q5_K: 6 bits; Q6_K: 1,
+ * its 16-weight scales being folded into q) and their offsets m as floats. The 12 bytes of 6-bit scales
+ * and mins unpack with 32-bit word operations, 4 at a time, as scale_min_k4 reads them one by one: the
+ * scalar loop cost more than a superblock's products with one input row. */
+static inline __attribute__((always_inline)) float superblock_scales(int type, const uint8_t *b, uint64_t *sc,
+                                                                     __m256 *m) {
+    if (type == G_Q6_K) {
+        *sc = 0x0101010101010101ull;
+        *m = _mm256_setzero_ps();
+        return half_to_f32(rd16(b + 208));
+    }
+    uint32_t w0 = rd32(b + 4), w1 = rd32(b + 8), w2 = rd32(b + 12);
+    *sc = (uint64_t)(w0 & 0x3F3F3F3Fu) | (uint64_t)((w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u)) << 32;
+    uint64_t mn = (uint64_t)(w1 & 0x3F3F3F3Fu) | (uint64_t)(((w2 >> 4) & 0x0F0F0F0Fu) | ((w1 >> 2) & 0x30303030u)) << 32;
+    __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)));
+    *m = _mm256_mul_ps(_mm256_set1_ps(-half_to_f32(rd16(b + 2))), mnf);
+    return half_to_f32(rd16(b));
 }
 
-/* q of unit j (of 8) of a K-quant superblock b, as 32 int16 lanes */
+/* acc + the pairwise products of a and b summed into 16 int32 lanes */
+static inline __attribute__((always_inline)) __m512i dot_add(__m512i acc, __m512i a, __m512i b) {
+#ifdef __AVX512VNNI__
+    return _mm512_dpwssd_epi32(acc, a, b);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+
+/* q of unit j (of 8) of a K-quant superblock b, as 32 int16 lanes (Q4_K, Q5_K: before their scales) */
 static inline __attribute__((always_inline)) __m512i kquant_q(int type, const uint8_t *b, int j) {
     if (type == G_Q6_K) {
         int n = j / 4, t = j % 4;
@@ -294,15 +335,16 @@ static inline __attribute__((always_inline)) void unit_float_simd(int type, cons
     }
 }
 
-/* out[m] = row . x[m] for M prepared rows; always inlined, so the call with M = 1 gets its own loop. Each
- * input row keeps two accumulators, for even and odd units: one would make every unit wait for the
- * previous unit's multiply-add (4 cycles), which with one input row costs more than reading the weights. */
+/* out[m] = row . x[m] for M prepared rows; always inlined with M a constant (rows_for below), so that the
+ * accumulators stay in registers. One accumulator per input row, the same for every M so that a row's
+ * result does not depend on its companions: the chain of multiply-adds (4 cycles a unit) is shorter than
+ * a unit's decoding, so two (even and odd units) measured no faster with one row and spilled with many. */
 static inline __attribute__((always_inline)) void row_products(int type, const uint8_t *row, int64_t K,
                                                                const xprep *x, int M, float *out) {
-    __m512 acc[MAX_M][2];
+    __m512 acc[MAX_M];
     float msum[MAX_M];
     for (int r = 0; r < M; r++) {
-        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        acc[r] = _mm512_setzero_ps();
         msum[r] = 0.0f;
     }
     int64_t units = K / UNIT;
@@ -311,8 +353,8 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
             __m512 w0, w1;
             unit_float_simd(type, row, u, &w0, &w1);
             for (int r = 0; r < M; r++) {
-                acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[r].xf + u * UNIT), acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r].xf + u * UNIT + 16), acc[r][1]);
+                acc[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[r].xf + u * UNIT), acc[r]);
+                acc[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r].xf + u * UNIT + 16), acc[r]);
             }
         }
     } else {
@@ -320,38 +362,57 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
 /* one line of the next row per unit: the rows of a thread follow each other in memory */
 #define PREFETCH_NEXT_ROW(u) \
     if ((u) * 64 < bytes) _mm_prefetch((const char *)row + bytes + (u) * 64, _MM_HINT_T0)
-#define ACCUMULATE(q, d, m, u)                                                                              \
-    for (int r = 0; r < M; r++) {                                                                       \
-        __m512i p = _mm512_madd_epi16(q, _mm512_loadu_si512((const void *)(x[r].xq + (u) * UNIT)));     \
-        __m512 scale = _mm512_set1_ps((d) * x[r].sx[u]);                                                \
-        acc[r][(u) & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r][(u) & 1]);                 \
-        if (has_offsets(type)) msum[r] += (m) * x[r].xs[u];                                            \
-    }
         if (type == G_Q4_K || type == G_Q5_K || type == G_Q6_K) {
-            /* a superblock's scales once for its 8 units, not once per unit */
+            /* A superblock's 8 units share d and their scales are small integers, so with the input in fixed
+             * point per 256 values the superblock sums in int32 (q * scale <= 4096 in magnitude, times
+             * 32767, 16 products a lane: < 2^31) and converts to float once. Its offsets multiply the 8
+             * unit sums of each input row in one product. */
+            __m256 moff[MAX_M];
+            for (int r = 0; r < M; r++) moff[r] = _mm256_setzero_ps();
             for (int64_t sb = 0; sb < units / 8; sb++) {
                 const uint8_t *b = row + sb * block_bytes(type);
-                float d8[8], m8[8];
-                superblock_scales(type, b, d8, m8);
+                uint64_t sc;
+                __m256 mv;
+                float d = superblock_scales(type, b, &sc, &mv);
+                __m512i isum[MAX_M];
+                for (int r = 0; r < M; r++) isum[r] = _mm512_setzero_si512();
                 for (int j = 0; j < 8; j++) {
                     int64_t u = sb * 8 + j;
                     PREFETCH_NEXT_ROW(u);
                     __m512i q = kquant_q(type, b, j);
-                    ACCUMULATE(q, d8[j], m8[j], u)
+                    if (type != G_Q6_K) q = _mm512_mullo_epi16(q, _mm512_set1_epi16((short)((sc >> (8 * j)) & 0xFF)));
+                    for (int r = 0; r < M; r++)
+                        isum[r] = dot_add(isum[r], q, _mm512_loadu_si512((const void *)(x[r].xk + u * UNIT)));
+                }
+                for (int r = 0; r < M; r++) {
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(d * x[r].sk[sb]), acc[r]);
+                    if (has_offsets(type)) moff[r] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(x[r].xs + sb * 8), moff[r]);
                 }
             }
+            for (int r = 0; r < M; r++) acc[r] = _mm512_add_ps(acc[r], _mm512_zextps256_ps512(moff[r]));
         } else {
-            for (int64_t u = 0; u < units; u++) {
-                float d, m;
-                PREFETCH_NEXT_ROW(u);
-                __m512i q = unit_simd(type, row, u, &d, &m);
-                ACCUMULATE(q, d, m, u)
+            /* per unit: its own d, shared by the input rows; per group of units: each row's input scale */
+            const int64_t per_group = group_of(K) / UNIT;
+            for (int64_t g0 = 0; g0 < units; g0 += per_group) {
+                __m512 gacc[MAX_M];
+                for (int r = 0; r < M; r++) gacc[r] = _mm512_setzero_ps();
+                for (int64_t u = g0; u < g0 + per_group; u++) {
+                    float d, m;
+                    PREFETCH_NEXT_ROW(u);
+                    __m512i q = unit_simd(type, row, u, &d, &m);
+                    __m512 dv = _mm512_set1_ps(d);
+                    for (int r = 0; r < M; r++) {
+                        __m512i p = _mm512_madd_epi16(q, _mm512_loadu_si512((const void *)(x[r].xk + u * UNIT)));
+                        gacc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), dv, gacc[r]);
+                        if (has_offsets(type)) msum[r] += m * x[r].xs[u];
+                    }
+                }
+                for (int r = 0; r < M; r++) acc[r] = _mm512_fmadd_ps(gacc[r], _mm512_set1_ps(x[r].sk[g0 / per_group]), acc[r]);
             }
         }
 #undef PREFETCH_NEXT_ROW
-#undef ACCUMULATE
     }
-    for (int r = 0; r < M; r++) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1])) + msum[r];
+    for (int r = 0; r < M; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + msum[r];
 }
 #else
 static inline __attribute__((always_inline)) void row_products(int type, const uint8_t *row, int64_t K,
@@ -381,16 +442,25 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
 #endif
 
 /* row_products compiled once per type (the type a constant, so each gets its own decoding loop, and the
- * offset sums only where the format has offsets), and once more for one input row */
+ * offset sums only where the format has offsets) and per number of input rows up to ROW_GROUP (a constant
+ * too, so that the accumulators stay in registers). More rows go in groups of about equal size, each
+ * decoding the weight row again: 16 rows at once would spill their accumulators, costing more. */
+enum { ROW_GROUP = 8 };
 typedef void (*rows_fn)(const uint8_t *row, int64_t K, const xprep *x, int M, float *out);
+#define ROWS_M(T, m) \
+    case m: row_products(T, row, K, x + r0, m, out + r0); break;
 #define ROWS_FOR(T)                                                                                     \
     static void rows_##T(const uint8_t *row, int64_t K, const xprep *x, int M, float *out) {           \
-        if (M == 1)                                                                                     \
-            row_products(T, row, K, x, 1, out);                                                         \
-        else                                                                                            \
-            row_products(T, row, K, x, M, out);                                                         \
+        int groups = (M + ROW_GROUP - 1) / ROW_GROUP, size = (M + groups - 1) / groups;               \
+        for (int r0 = 0; r0 < M; r0 += size) {                                                          \
+            switch (M - r0 < size ? M - r0 : size) {                                                    \
+                ROWS_M(T, 1) ROWS_M(T, 2) ROWS_M(T, 3) ROWS_M(T, 4)                                     \
+                ROWS_M(T, 5) ROWS_M(T, 6) ROWS_M(T, 7) ROWS_M(T, 8)                                     \
+            }                                                                                           \
+        }                                                                                               \
     }
 FOR_EACH_TYPE(ROWS_FOR)
+#undef ROWS_M
 
 static rows_fn rows_for(int type) {
 #define ROWS_CASE(T) \
@@ -416,7 +486,8 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         N += Ns[i];
     }
     int units = (int)(K / UNIT);
-    size_t per_row = (size_t)K * 2 + (size_t)K / 2 + 2 * (size_t)units; /* floats: xf, xq (halves), sx, xs */
+    /* floats: xf, xq (halves), sx, xs, xk (halves), sk */
+    size_t per_row = (size_t)K * 2 + 2 * (size_t)units + (size_t)K / 2 + (size_t)units;
     float *buf = (float *)malloc(sizeof(float) * per_row * M);
     float *yf = !y_bf16 && !glu ? (float *)y : (float *)malloc(sizeof(float) * (size_t)M * N);
     xprep xs[MAX_M];
@@ -430,6 +501,8 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         xs[r].xq = (int16_t *)(xf + K);
         xs[r].sx = xf + K + K / 2;
         xs[r].xs = xs[r].sx + units;
+        xs[r].xk = (int16_t *)(xs[r].xs + units);
+        xs[r].sk = (float *)(xs[r].xk + K);
         prepare_row(&xs[r], K);
     }
 #pragma omp parallel

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model: a HF checkpoint dir or .gguf file (default: the embedded one)")
     p.add_argument("--dtype", default=None, help="weights dtype, e.g. bfloat16 or float32")
     p.add_argument("--int8", action="store_true", help="weight-only int8 linear layers")
+    p.add_argument("--quant", choices=("int8", "q8_0", "q4"), help="weights quantized once and cached: int8, q8_0 or q4 (GGUF block formats on the native products)")
     p.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})")
     p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model (default 8); "
                    "more get 503 with Retry-After")
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codegemma serve: {error}", file=sys.stderr)
         return 2
     host, port = sock.getsockname()[:2]
-    service = CompletionService(args.model, dtype=args.dtype, int8=args.int8, max_queue=args.max_queue)
+    service = CompletionService(args.model, dtype=args.dtype, int8=args.int8, quant=args.quant, max_queue=args.max_queue)
     service.start(on_progress=lambda message, _fraction: print(f"codegemma serve: {message}", file=sys.stderr))
     app = create_app(service, settings)
     config = uvicorn_config(app, settings, log_level=args.log_level, timeout_graceful_shutdown=5)

@@ -47,7 +47,8 @@ def test_ngram_speculative_greedy_equals_plain(engine, max_new):
     drafted = 0
     for prompt in _prompts(engine):
         plain = _plain(engine, prompt, max_new_tokens=max_new, stop_ids=frozenset())
-        spec = engine.generate(prompt, GenerateOptions(max_new_tokens=max_new, stop_ids=frozenset(), reuse_prompt=False))
+        spec = engine.generate(prompt, GenerateOptions(max_new_tokens=max_new, stop_ids=frozenset(), reuse_prompt=False,
+                                                       speculative=True))
         assert spec.tokens == plain.tokens
         assert spec.stop_reason == plain.stop_reason
         drafted += spec.stats.drafted

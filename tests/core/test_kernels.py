@@ -181,12 +181,3 @@ def test_portable_build_without_avx512_matches_torch(tmp_path):
     assert "skipped" not in proc.stdout and "passed" in proc.stdout, proc.stdout[-2000:]  # the build loaded
     assert list((tmp_path / "kernels").glob("ops-*.so"))
 
-
-def test_engine_leaves_speculation_off_where_the_native_products_run():
-    from codegemma.engine import speculation_pays
-
-    plain = random_model(tiny_config("gemma3", 256), dtype=torch.bfloat16)
-    assert speculation_pays(plain, None)
-    native = use_native(random_model(tiny_config("gemma3", 256), dtype=torch.bfloat16))
-    assert not speculation_pays(native, None)
-    assert speculation_pays(native, plain)  # a draft model given explicitly is used

@@ -1,0 +1,88 @@
+"""Speculation sized by the measured cost of verification: the policy's arithmetic, the measurement on a
+real (tiny) model, and greedy equality for every draft length the engine may choose."""
+
+from __future__ import annotations
+
+import pytest
+
+from codegemma import GenerateOptions
+from codegemma.drafters import AdaptiveLength
+from codegemma.engine import Engine
+from codegemma.speculation import VerifyCost, expected_tokens, measure_verify_cost
+from tests.tiny import random_model, tiny_config, tiny_engine
+
+CHEAP = VerifyCost(((0, 1.0), (1, 1.02), (4, 1.08), (8, 1.15), (16, 1.4)))  # memory-bound verification
+DEAR = VerifyCost(((0, 1.0), (1, 1.5), (4, 3.0), (8, 5.0), (16, 9.0)))    # compute-bound: k rows ~ k steps
+
+
+def test_expected_tokens_of_a_draft():
+    assert expected_tokens(0.0, 8) == 1.0  # only the target's own token
+    assert expected_tokens(1.0, 8) == 9.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+
+
+def test_cost_interpolates_and_extrapolates():
+    assert CHEAP(0) == 1.0 and CHEAP(4) == pytest.approx(1.08)
+    assert CHEAP(2) == pytest.approx(1.04)  # between the measured 1 and 4
+    assert CHEAP(20) > CHEAP(16)
+
+
+def test_best_draft_follows_acceptance_and_cost():
+    assert CHEAP.best_draft(0.9, 16) >= 8  # cheap verification, drafts usually right: long drafts
+    assert 0 < CHEAP.best_draft(0.3, 16) < CHEAP.best_draft(0.9, 16)
+    assert DEAR.best_draft(0.5, 16) == 0  # 1.5 tokens for 1.5 steps: never better than a plain step
+    assert DEAR.best_draft(0.95, 16) > 0
+    assert CHEAP.pays() and not DEAR.pays()
+
+
+def test_draft_length_policy_uses_the_cost():
+    length = AdaptiveLength(16, cost=CHEAP)
+    for _ in range(6):
+        length.update(length.k, length.k)  # every draft wholly accepted
+    assert length.k >= 8 and not length.paused()
+    dear = AdaptiveLength(16, cost=DEAR)
+    dear.update(4, 1)  # acceptance well below what would pay here: drafting pauses
+    assert dear.paused()
+
+
+def test_measured_cost_on_a_model():
+    model = random_model(tiny_config("gemma3", 256), seed=1)
+    model.setup_cache(512)
+    cost = measure_verify_cost(model, ks=(1, 4, 16), depth=64, reps=2)
+    ks = [k for k, _ in cost.points]
+    ratios = [c for _, c in cost.points]
+    assert ks == [0, 1, 4, 16] and ratios[0] == 1.0
+    assert ratios == sorted(ratios)  # never cheaper with more positions
+
+
+def test_first_measurement_keeps_prompt_reuse_right():
+    """The engine measures on the first generation that may draft, which overwrites the model's KV cache;
+    a prompt cached before that must not be reused afterwards as if it were still there."""
+    engine = tiny_engine(seed=5)
+    reference = tiny_engine(seed=5)
+    prompt = engine.tokenizer.encode("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n" * 3, bos=True)
+    options = GenerateOptions(max_new_tokens=24, stop_ids=frozenset(), cache_key="doc", speculative=False)
+    engine.generate(prompt, options)
+    assert engine._verify_cost is None
+    again = engine.generate(prompt, GenerateOptions(max_new_tokens=24, stop_ids=frozenset(), cache_key="doc"))
+    assert engine._verify_cost is not None
+    plain = reference.generate(prompt, GenerateOptions(max_new_tokens=24, stop_ids=frozenset(), speculative=False,
+                                                       reuse_prompt=False))
+    assert again.tokens == plain.tokens
+
+
+@pytest.mark.parametrize("max_draft", [1, 2, 3, 5, 8, 12, 16])
+def test_speculative_greedy_equals_plain_for_every_draft_length(max_draft):
+    base = tiny_engine(seed=3)
+    engine = Engine(base.model, base.tokenizer, base.name, max_draft=max_draft)
+    text = "for i in range(10):\n    print(i)\nfor j in range(10):\n    print(j)\n" * 3
+    prompt = engine.tokenizer.encode(text, bos=True)
+    for cut in (len(prompt) // 2, len(prompt)):
+        plain = engine.generate(prompt[:cut], GenerateOptions(max_new_tokens=48, stop_ids=frozenset(),
+                                                              speculative=False, reuse_prompt=False))
+        spec = engine.generate(prompt[:cut], GenerateOptions(max_new_tokens=48, stop_ids=frozenset(),
+                                                             speculative=True, reuse_prompt=False),
+                               draft_sources=[prompt])
+        assert spec.tokens == plain.tokens
+        assert spec.stats.drafted > 0
+        assert max(spec.stats.drafted, 1) <= max_draft * spec.stats.forward_passes
