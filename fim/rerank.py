@@ -37,7 +37,6 @@ SAMPLE_EXTRA_TOKENS = 16
 PROBE_LINES = 2     # lines of the suffix with content that are scored after each candidate
 MAX_LINE_PREFIXES = 6  # shorter candidates cut from each generated one (rerank_lines)
 PROBE_TOKENS = 48   # at most this many suffix tokens (the probe is scored once per candidate)
-NORMALISATIONS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
@@ -120,6 +119,8 @@ def rerank(engine: ScoringEngine, prompt_ids: list[int], fim: bool, text: str, c
     started = time.perf_counter()
     probe = "" if fim else suffix_probe(text, cursor)
     first = run_one(candidate_options(options, 0))
+    if cancelled():
+        return _single(first, "cancelled")
     if not fim and not probe:
         return _single(first, "the suffix is blank: nothing to rerank by")
     budget_s = options.rerank_budget_ms / 1000 if options.rerank_budget_ms else None
@@ -130,8 +131,10 @@ def rerank(engine: ScoringEngine, prompt_ids: list[int], fim: bool, text: str, c
     def score(response: CompletionResponse, opts: CompletionOptions, source: str) -> None:
         if response.text not in cache:
             cand_ids = engine.tokenizer.encode(response.text) if response.text else []
-            logp = engine.score_continuation(prompt_ids, cand_ids + probe_ids, cache_key) \
-                if cand_ids or probe_ids else []
+            # near the end of the context the probe is cut to what fits (the candidate itself was generated there)
+            tail_ids = probe_ids[:max(0, engine.max_seq_len - len(prompt_ids) - len(cand_ids))]
+            logp = engine.score_continuation(prompt_ids, cand_ids + tail_ids, cache_key) \
+                if cand_ids or tail_ids else []
             cache[response.text] = (logp[:len(cand_ids)], logp[len(cand_ids):])
         cand, tail = cache[response.text]
         scored.append(Scored(response, source, opts.temperature, opts.seed, tuple(cand), tuple(tail),

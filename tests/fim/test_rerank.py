@@ -164,3 +164,22 @@ def test_line_prefixes_are_post_processed_shorter_candidates(plain_engine):
     single_line = replace(made, debug={**made.debug, "mode": {"multiline": False}})
     assert line_prefixes(single_line, text, cursor) == []
 
+
+
+def test_cancelled_request_makes_no_more_candidates(plain_engine):
+    text = "def area(width, height):\n    result = \n    return result\n"
+    request = CompletionRequest("a.py", text, text.index("= \n") + 2, options=CompletionOptions(
+        max_tokens=5, candidates=4))
+    response = complete(plain_engine, request, should_stop=lambda: True)
+    assert response.stop_reason == "cancelled" and response.debug["rerank"]["made"] == 1
+
+
+def test_a_probe_past_the_context_is_cut_to_fit():
+    engine = tiny_engine(fim=False, max_seq_len=160)
+    text = "x = 1\n" * 60 + "y = \n" + "z = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]\n" * 20
+    request = CompletionRequest("a.py", text, text.index("y = ") + 4, options=CompletionOptions(
+        max_tokens=8, candidates=2, prompt_budget=140))
+    response = complete(engine, request)
+    rerank, prompt_tokens = response.debug["rerank"], response.debug["engine"]["prompt_tokens"]
+    assert rerank["made"] == 2 and rerank["probe_tokens"] == 48
+    assert all(prompt_tokens + c["candidate_tokens"] + c["probe_tokens"] == 160 for c in rerank["candidates"])
