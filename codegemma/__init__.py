@@ -6,12 +6,13 @@
 """
 
 from codegemma.config import PRESETS, GemmaConfig
-from codegemma.contract import EngineProtocol, GenerateOptions
+from codegemma.contract import EngineProtocol, GenerateOptions, ScoringEngine
 from codegemma.engine import Engine
 from codegemma.errors import (CheckpointError, CodegemmaError, ModelNotFoundError, PromptTooLongError,
                               TokenizerError, UnknownPresetError)
 from codegemma.generate import GenStats, Generation
 from codegemma.loader import load
 
-__all__ = ["PRESETS", "GemmaConfig", "Engine", "EngineProtocol", "GenerateOptions", "GenStats", "Generation", "load",
+__all__ = ["PRESETS", "GemmaConfig", "Engine", "EngineProtocol", "GenerateOptions", "ScoringEngine", "GenStats",
+           "Generation", "load",
            "CodegemmaError", "CheckpointError", "ModelNotFoundError", "PromptTooLongError", "TokenizerError", "UnknownPresetError"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from codegemma.generate import Generation
 from codegemma.tokenizer import Tokenizer
@@ -49,3 +49,12 @@ class EngineProtocol(Protocol):
     def generate(self, prompt: Sequence[int], options: GenerateOptions = GenerateOptions(), *,
                  on_text: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
                  draft_sources: Sequence[Sequence[int]] = ()) -> Generation: ...
+
+
+@runtime_checkable
+class ScoringEngine(EngineProtocol, Protocol):
+    """An engine that can also score a continuation of a prompt, reusing the prompt's cached KV: what
+    suffix-aware reranking (`fim.rerank`) needs. Engines without it complete with one candidate."""
+
+    def score_continuation(self, prompt: Sequence[int], continuation: Sequence[int],
+                           cache_key: str | None = None) -> list[float]: ...

@@ -128,6 +128,40 @@ class Engine:
         return gen
 
     @torch.inference_mode()
+    def score_continuation(self, prompt: Sequence[int], continuation: Sequence[int],
+                           cache_key: str | None = None) -> list[float]:
+        """log p(continuation[i] | prompt + continuation[:i]) for each continuation token, reusing the prompt
+        cache's KV of `prompt` (the key as in GenerateOptions.cache_key). One prefill-shaped pass over the
+        tokens after the reused prefix; only whole prompt blocks are committed back to the cache, so a
+        later generation stays bit-identical to a fresh prefill."""
+        prompt, continuation = list(prompt), list(continuation)
+        if not prompt or not continuation:
+            raise ValueError("score_continuation needs a non-empty prompt and continuation")
+        tokens = prompt + continuation
+        self.tokenizer.check_ids(tokens)
+        if len(tokens) > self.max_seq_len:
+            raise PromptTooLongError(f"prompt and continuation have {len(tokens)} tokens; this engine's context "
+                                     f"is {self.max_seq_len}")
+        start = self.prompt_cache.prepare(prompt, cache_key)
+        first = len(prompt) - 1  # the position whose logits predict continuation[0]
+        out: list[float] = []
+        try:
+            for lo in range(start, len(tokens), PREFILL_BLOCK):
+                piece = tokens[lo:lo + PREFILL_BLOCK]
+                h = self.model.hidden(torch.tensor([piece]), lo)  # [1, S, D]
+                rows = range(max(lo, first), min(lo + len(piece), len(tokens) - 1))
+                if not rows:
+                    continue
+                logits = self.model.output(h[:, rows.start - lo:rows.stop - lo]).float()[0]  # [R, V]
+                logp = torch.log_softmax(logits, dim=-1)
+                out += [float(logp[i, tokens[p + 1]]) for i, p in enumerate(rows)]
+        except BaseException:
+            self.prompt_cache.commit([], None)
+            raise
+        self.prompt_cache.commit(prompt[:len(prompt) // PREFILL_BLOCK * PREFILL_BLOCK], cache_key)
+        return out
+
+    @torch.inference_mode()
     def score(self, text: str) -> list[tuple[int, float]]:
         """Per-token log-likelihood of `text` (after <bos>): [(token id, log p(token | previous))]."""
         ids = self.tokenizer.encode(text, bos=True)

@@ -1,7 +1,7 @@
 """`codegemma eval`: score a model on the benchmarks; `codegemma eval check`: score existing completions.
 
-    codegemma eval --dataset humaneval,mbpp [--limit N] [--n N] [--temperature T] [--model PATH]
-                   [--data-dir DIR] [--out DIR]
+    codegemma eval --dataset humaneval,mbpp [--subset spread] [--limit N] [--n N] [--temperature T]
+                   [--candidates 1,4] [--model PATH] [--data-dir DIR] [--out DIR]
     codegemma eval check --dataset NAME --samples FILE.jsonl [--results OUT.jsonl]
 
 The data directory comes from --data-dir or $CODEGEMMA_DATA. The last line printed is a JSON summary.
@@ -21,6 +21,7 @@ from eval.datasets import BENCHMARKS, load_tasks, select
 from eval.errors import EvalError, ResultsError
 from eval.sandbox import ISOLATIONS, Limits, Sandbox
 from eval.scoring import count_correct, exact_match, pass_at_k_table
+from eval.subsets import SUBSETS, subset
 
 
 def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +43,33 @@ def names(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def candidate_variants(value: str) -> list[tuple[int, bool]]:
+    """`1,4` or `1,1+lines,4+lines`: candidate counts, each optionally with line-prefix candidates."""
+    from fim.request import MAX_CANDIDATES  # here: `eval check` must not load the model stack
+
+    variants = []
+    for part in names(value):
+        count, lines = part.removesuffix("+lines"), part.endswith("+lines")
+        if not count.isdigit() or not 1 <= int(count) <= MAX_CANDIDATES:
+            raise argparse.ArgumentTypeError(f"candidate counts are 1 to {MAX_CANDIDATES}, each optionally with "
+                                             f"+lines, e.g. 1,4+lines: got {value!r}")
+        variants.append((int(count), lines))
+    if not variants or len(set(variants)) != len(variants):
+        raise argparse.ArgumentTypeError(f"expected distinct candidate counts, e.g. 1,4: got {value!r}")
+    return variants
+
+
 def run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codegemma eval", description="Score a model on code benchmarks "
                                      "through the editor's completion path. Subcommand: check.")
     parser.add_argument("--dataset", "--tasks", dest="datasets", type=names, default=["humaneval"],
                         help=f"benchmarks, comma-separated: {', '.join(BENCHMARKS)} or a file path")
     parser.add_argument("--task-ids", type=names, default=None, help="only these task ids (comma-separated)")
-    parser.add_argument("--limit", type=int, default=None, help="first N tasks of each benchmark")
+    parser.add_argument("--subset", choices=SUBSETS, default="full",
+                        help="fixed spread subset of each benchmark: full; spread (HumanEval, MBPP and infill-random "
+                        "whole, every 3rd infill-single, every 20th infill-multi task); quick (every 10th HumanEval, "
+                        "25th MBPP, 15th infill-single, 100th infill-multi, 4th infill-random task)")
+    parser.add_argument("--limit", type=int, default=None, help="first N tasks of each benchmark (after --subset)")
     parser.add_argument("--n", type=int, default=1, help="samples per task (pass@k needs n >= k)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=None, help="default 0.95 when sampling, else 1")
@@ -59,6 +80,11 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--quant", choices=("int8", "q8_0", "q4"), help="weights quantized once and cached: int8, q8_0 or q4 (GGUF block formats on the native products)")
     parser.add_argument("--no-speculative", action="store_true")
+    parser.add_argument("--candidates", type=candidate_variants, default=[(1, False)],
+                        help="suffix-aware reranking with up to N candidates (1 = off); N+lines also scores each "
+                        "candidate cut at its line ends (1+lines: the greedy completion's line prefixes only); "
+                        "several, e.g. 1,4 or 1,1+lines,4+lines, run each variant on the same tasks into "
+                        "OUT/candidates-N[-lines] and print them side by side")
     parser.add_argument("--context-files", type=int, default=0, help="other tasks' code attached as context")
     parser.add_argument("--out", type=Path, default=Path("eval-out"), help="results and report (resumable)")
     add_sandbox_arguments(parser)
@@ -157,26 +183,40 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.task_ids:  # ids pick across all the named benchmarks, in the order given
         tasks = select([t for benchmark in loaded for t in benchmark], args.task_ids, args.limit)
     else:
-        tasks = [t for benchmark in loaded for t in select(benchmark, None, args.limit)]
+        tasks = [t for benchmark in loaded for t in select(subset(benchmark, args.subset), None, args.limit)]
     started = time.monotonic()
     engine = load_engine(args.model, args.dtype, args.int8, quant=args.quant)
-    settings = Settings(model=engine.name, n=args.n, temperature=args.temperature,
-                        top_p=args.top_p if args.top_p is not None else (0.95 if args.temperature > 0 else 1.0),
-                        max_tokens=args.max_tokens, speculative=False if args.no_speculative else None,
-                        context_files=args.context_files, seed=args.seed)
-    with sandbox_from(args) as sandbox:
-        with Run(args.out, settings, sandbox) as evaluation, progress_bar(len(evaluation.pending(tasks))) as on_record:
-            records = evaluation.execute(engine, tasks, all_tasks, on_record)
-        isolation = sandbox.isolation
-    summary = summarize(records)
     command = "codegemma eval " + shlex.join(argv)
-    files = write_report(args.out, summary, records, {**vars(settings), "isolation": isolation}, command)
-    print(terminal_table(table(summary)))
-    print(f"report: {files[0]}")
-    print(json.dumps({"model": engine.name, "isolation": isolation, "out": str(args.out),
-                      "wall_s": round(time.monotonic() - started, 1), "benchmarks": summary}))
+    variants: dict[str, dict[str, Any]] = {}
+    for candidates, lines in args.candidates:
+        variant = f"candidates-{candidates}" + ("-lines" if lines else "")
+        out = args.out if len(args.candidates) == 1 else args.out / variant
+        settings = Settings(model=engine.name, n=args.n, temperature=args.temperature,
+                            top_p=args.top_p if args.top_p is not None else (0.95 if args.temperature > 0 else 1.0),
+                            max_tokens=args.max_tokens, speculative=False if args.no_speculative else None,
+                            context_files=args.context_files, seed=args.seed, candidates=candidates, rerank_lines=lines)
+        with sandbox_from(args) as sandbox:
+            with Run(out, settings, sandbox) as evaluation, \
+                    progress_bar(len(evaluation.pending(tasks))) as on_record:
+                records = evaluation.execute(engine, tasks, all_tasks, on_record)
+            isolation = sandbox.isolation
+        summary = summarize(records)
+        files = write_report(out, summary, records, {**vars(settings), "isolation": isolation}, command)
+        print(terminal_table(table(summary)))
+        print(f"report: {files[0]}")
+        variants[variant] = summary
+    if len(variants) > 1:  # the variants side by side, per benchmark
+        rows = {f"{name} {variant}": summary[name] for name in next(iter(variants.values()))
+                for variant, summary in variants.items()}
+        print(terminal_table(table(rows, first="benchmark variant")))
+    result: dict[str, Any] = {"model": engine.name, "isolation": isolation, "out": str(args.out),
+                              "wall_s": round(time.monotonic() - started, 1)}
+    if len(variants) == 1:
+        result["benchmarks"] = next(iter(variants.values()))
+    else:
+        result["variants"] = variants
+    print(json.dumps(result))
     return 0
-
 
 
 if __name__ == "__main__":

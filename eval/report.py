@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 
 from eval.sandbox import GUARD_WARNING  # noqa: E402
-from eval.scoring import count_correct, pass_at_k_table  # noqa: E402
+from eval.scoring import count_correct, pass_at_k_table, wilson_interval  # noqa: E402
 
 
 def summarize(records: Iterable[dict]) -> dict[str, dict[str, Any]]:
@@ -28,9 +28,15 @@ def summarize(records: Iterable[dict]) -> dict[str, dict[str, Any]]:
 def _summarize_one(rows: list[dict]) -> dict[str, Any]:
     counts = count_correct(rows)
     summary: dict[str, Any] = {"tasks": len(counts), "samples": len(rows), **pass_at_k_table(counts)}
+    if "pass@1" in summary:  # 95% interval over tasks (the unit that varies between benchmark draws)
+        summary["pass@1_ci95"] = wilson_interval(summary["pass@1"] * len(counts), len(counts))
     matches = [r["exact_match"] for r in rows if "exact_match" in r]
     if matches:
         summary["exact_match"] = sum(matches) / len(matches)
+        summary["exact_match_ci95"] = wilson_interval(sum(matches), len(matches))
+    chosen = [r["rerank_chosen"] for r in rows if "rerank_chosen" in r]
+    if chosen:  # how often reranking answered with another candidate than the first (greedy) one
+        summary["rerank_changed"] = sum(c != 0 for c in chosen) / len(rows)
     for key in ("ttft_s", "total_s"):
         values = sorted(r[key] for r in rows if r.get(key) is not None)
         if values:
@@ -47,7 +53,9 @@ def _summarize_one(rows: list[dict]) -> dict[str, Any]:
 
 
 COLUMNS = (("tasks", "tasks", "{:d}"), ("samples", "samples", "{:d}"), ("pass@1", "pass@1", "{:.1%}"),
+           ("pass@1_ci95", "pass@1 95% CI", "interval"),
            ("pass@10", "pass@10", "{:.1%}"), ("pass@100", "pass@100", "{:.1%}"), ("exact_match", "exact", "{:.1%}"),
+           ("exact_match_ci95", "exact 95% CI", "interval"), ("rerank_changed", "reranked", "{:.1%}"),
            ("ttft_p50_s", "ttft p50", "{:.3f}s"), ("total_p50_s", "total p50", "{:.3f}s"),
            ("total_p95_s", "total p95", "{:.3f}s"), ("tokens_per_s", "tok/s", "{:.1f}"),
            ("acceptance_rate", "accepted", "{:.1%}"))
@@ -58,8 +66,15 @@ def table(rows: dict[str, dict[str, Any]], first: str = "benchmark") -> list[lis
     columns = [c for c in COLUMNS if any(c[0] in row for row in rows.values())]
     cells = [[first] + [title for _, title, _ in columns]]
     for name, row in rows.items():
-        cells.append([name] + [fmt.format(row[key]) if key in row else "-" for key, _, fmt in columns])
+        cells.append([name] + [_cell(row[key], fmt) if key in row else "-" for key, _, fmt in columns])
     return cells
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if fmt == "interval":
+        low, high = value
+        return f"{low:.1%}-{high:.1%}"
+    return fmt.format(value)
 
 
 def terminal_table(cells: list[list[str]]) -> str:

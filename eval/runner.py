@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ class Settings:
     speculative: bool | None = None  # None: the engine's choice (on where its measured cost lets it pay)
     context_files: int = 0  # other files attached as multi-file context (canonical code of other tasks)
     seed: int = 0
+    candidates: int = 1  # suffix-aware reranking (fim.rerank) with up to this many candidates; 1 = off
+    rerank_lines: bool = False  # reranking also scores each candidate cut at its line ends
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ def generate(engine: EngineProtocol, task: Task, sample: int, settings: Settings
     options = CompletionOptions(
         max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p,
         seed=_seed(settings.seed, task.task_id, sample), stop=task.stop, use_context=bool(context),
-        speculative=settings.speculative,
+        speculative=settings.speculative, candidates=settings.candidates,
+        rerank_lines=settings.rerank_lines,
     )
     request = CompletionRequest(path=task_path(task), text=text, cursor=len(task.prompt), language="python",
                                 other_files=context, options=options)
@@ -77,6 +80,13 @@ def generate(engine: EngineProtocol, task: Task, sample: int, settings: Settings
     total = time.perf_counter() - started
     stats = {key: getattr(response.stats, key) for key in STAT_KEYS}
     stats.update(ttft_s=(first[0] - started) if first else total, total_s=total, stop_reason=response.stop_reason)
+    if settings.candidates > 1 or settings.rerank_lines:
+        rerank = response.debug.get("rerank", {})
+        # every candidate with its scores, so that other selection rules can be scored afterwards
+        stats.update(rerank_made=rerank.get("made", 1), rerank_chosen=rerank.get("chosen", 0),
+                     rerank_candidates=[{key: c[key] for key in ("text", "source", "candidate_tokens", "candidate_logp",
+                                                                  "probe_tokens", "probe_logp", "score")}
+                                        for c in rerank.get("candidates", [])])
     return Generated(response.text, stats)
 
 
@@ -138,7 +148,9 @@ class Run:
                 stored = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as error:
                 raise ResultsError(f"cannot read {path}: {error}") from None
-            changed = sorted(key for key in wanted if stored.get(key) != wanted[key])
+            # a setting added after a run was stored had its default value in that run
+            defaults = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+            changed = sorted(key for key in wanted if stored.get(key, defaults.get(key)) != wanted[key])
             if changed:
                 raise ResultsError(f"{self.out_dir} holds a run with other settings ({', '.join(changed)}): "
                                    "use another --out directory")

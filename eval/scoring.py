@@ -1,7 +1,9 @@
-"""Scores: the unbiased pass@k estimator, pass@k over a benchmark, exact match of an infilled middle."""
+"""Scores: the unbiased pass@k estimator, pass@k over a benchmark, exact match of an infilled middle, and the
+confidence interval a score is printed with."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 KS = (1, 10, 100)
@@ -53,3 +55,15 @@ def count_correct(records: Iterable[Mapping]) -> dict[str, tuple[int, int]]:
 def exact_match(completion: str, reference: str) -> bool:
     """The infilled middle equals the removed one, ignoring surrounding whitespace."""
     return completion.strip() == reference.strip()
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for z = 1.96). Unlike the normal approximation it
+    stays inside [0, 1] and is not zero-width at 0% or 100%, which matters for the low scores of small
+    models. `successes` may be fractional (pass@1 averaged over several samples per task)."""
+    if n <= 0:
+        raise ValueError(f"an interval needs at least one task, got {n}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

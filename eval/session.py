@@ -14,10 +14,11 @@ from fim.engine import load_engine as load
 from eval.errors import EvalError
 
 
-def load_engine(model: str | None, dtype: str | None = None, int8: bool = False) -> EngineProtocol:
+def load_engine(model: str | None, dtype: str | None = None, int8: bool = False,
+                quant: str | None = None) -> EngineProtocol:
     """The engine for `model` (None = the embedded default); a load failure becomes a one-line EvalError."""
     try:
-        return load(model, dtype=dtype, int8=int8)
+        return load(model, dtype=dtype, int8=int8, quant=quant)
     except FimError as error:
         raise EvalError(f"cannot load the model: {error}") from None
 

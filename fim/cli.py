@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--prompt-budget", type=int, help="prompt tokens (default 1024)")
     parser.add_argument("--time-budget-ms", type=int, help="stop generating after this many milliseconds")
+    parser.add_argument("--candidates", type=int, default=1, metavar="N",
+                        help="suffix-aware reranking: make up to N candidates and answer the one that makes the "
+                        "code after the cursor most likely (1 = off; --json lists every candidate's scores)")
+    parser.add_argument("--rerank-budget-ms", type=int, metavar="MS",
+                        help="make another candidate only while the completion is expected within MS")
+    parser.add_argument("--rerank-lines", action="store_true",
+                        help="also rerank each candidate cut at its line ends (no extra generation; works with "
+                        "one candidate too)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--multiline", dest="mode", action="store_const", const="multi")
     mode.add_argument("--single-line", dest="mode", action="store_const", const="single")
@@ -129,7 +137,8 @@ def build_request(args: argparse.Namespace) -> CompletionRequest:
         others += [f for f in workspace_python_imports(path, text) if os.path.abspath(f.path) not in known]
     options = CompletionOptions(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                                 mode=args.mode, time_budget_ms=args.time_budget_ms, use_context=not args.no_context,
-                                prompt_budget=args.prompt_budget)
+                                prompt_budget=args.prompt_budget, candidates=args.candidates,
+                                rerank_budget_ms=args.rerank_budget_ms, rerank_lines=args.rerank_lines)
     request = CompletionRequest(path=path, text=text, cursor=cursor, language=args.language,
                                 other_files=tuple(others), options=options)
     validate_request(request)

@@ -5,10 +5,12 @@ Every decision lands in the response's debug record, so a user can see why the c
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from codegemma import EngineProtocol, GenerateOptions
+from codegemma import EngineProtocol, GenerateOptions, ScoringEngine
 
 from fim.context import debug_snippets, rank_snippets
 from fim.engine import engine_errors
@@ -16,7 +18,8 @@ from fim.errors import BadRequestError
 from fim.languages import normalize_language
 from fim.postprocess import BlockEndWatcher, decide_mode, postprocess
 from fim.prompt import DEFAULT_PROMPT_BUDGET, SUFFIX_SHARE, Prompt, build_prompt, fit_suffix
-from fim.request import CompletionRequest, CompletionResponse, validate_request
+from fim.rerank import rerank
+from fim.request import CompletionOptions, CompletionRequest, CompletionResponse, validate_request
 
 
 def prompt_budget(engine: EngineProtocol, request: CompletionRequest) -> int:
@@ -86,6 +89,26 @@ def complete(engine: EngineProtocol, request: CompletionRequest, *, should_stop:
     """
     started = time.perf_counter()
     prompt, language, multiline, debug = prepare(engine, request)
+    if (request.options.candidates > 1 or request.options.rerank_lines) and isinstance(engine, ScoringEngine):
+        # the chosen candidate is known only at the end: it is streamed then, as one piece
+        def run_one(options: CompletionOptions) -> CompletionResponse:
+            one = replace(request, options=options)
+            return _complete_prepared(engine, one, prompt, language, multiline, copy.deepcopy(debug), started,
+                                      should_stop, None)
+
+        response = rerank(engine, prompt.ids, prompt.fim, request.text, request.cursor,
+                          request.cache_key or request.path, request.options, run_one,
+                          lambda: should_stop is not None and should_stop())
+        if on_text is not None and response.debug.get("raw"):
+            on_text(response.debug["raw"])
+        return response
+    return _complete_prepared(engine, request, prompt, language, multiline, debug, started, should_stop, on_text)
+
+
+def _complete_prepared(engine: EngineProtocol, request: CompletionRequest, prompt: Prompt, language: str,
+                       multiline: bool, debug: dict, started: float, should_stop: Callable[[], bool] | None,
+                       on_text: Callable[[str], None] | None) -> CompletionResponse:
+    """Generate and post-process one completion of a prepared request."""
     options = request.options
     watcher = BlockEndWatcher(request.text, request.cursor, language, multiline)
     line_deadline = NewlineDeadline(options.predict_budget_ms)

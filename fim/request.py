@@ -15,6 +15,7 @@ from fim.errors import BadRequestError
 
 MODES = ("auto", "single", "multi")
 MIN_PROMPT_BUDGET = 32
+MAX_CANDIDATES = 16  # candidates for suffix-aware reranking (fim.rerank)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class CompletionOptions:
     speculative: bool | None = None  # None: the engine's choice (on where it pays, codegemma.engine)
     reuse_prompt: bool = True
     prompt_budget: int | None = None  # total prompt tokens; None = the default budget
+    # suffix-aware reranking (fim.rerank): up to this many candidates, within rerank_budget_ms of the request
+    candidates: int = 1
+    rerank_budget_ms: int | None = None  # None = no limit: all `candidates` are made
+    rerank_lines: bool = False  # also rerank each candidate cut at its line ends (scoring only, no generation)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,10 @@ def validate_request(request: CompletionRequest) -> None:
         raise BadRequestError(f"predict_budget_ms must be positive, got {options.predict_budget_ms}")
     if options.prompt_budget is not None and options.prompt_budget < MIN_PROMPT_BUDGET:
         raise BadRequestError(f"prompt_budget must be at least {MIN_PROMPT_BUDGET} tokens, got {options.prompt_budget}")
+    if not 1 <= options.candidates <= MAX_CANDIDATES:
+        raise BadRequestError(f"candidates must be from 1 to {MAX_CANDIDATES}, got {options.candidates}")
+    if options.rerank_budget_ms is not None and options.rerank_budget_ms <= 0:
+        raise BadRequestError(f"rerank_budget_ms must be positive, got {options.rerank_budget_ms}")
     if any(not s for s in options.stop):
         raise BadRequestError("stop strings must not be empty")
 

@@ -68,6 +68,9 @@ def request(snap: Snapshot, path: str, language: str | None, others: list[FileCo
         use_context=settings.context,
         speculative=settings.speculative,
         reuse_prompt=settings.reuse_prompt,
+        candidates=settings.candidates if settings.rerank else 1,
+        rerank_budget_ms=settings.rerank_budget_ms if settings.rerank else None,
+        rerank_lines=settings.rerank and settings.rerank_lines,
     )
     return CompletionRequest(
         path=path, text=snap.text, cursor=snap.cursor, language=language,

@@ -25,6 +25,12 @@ class Settings:
     languages: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
     speculative: bool | None = None     # speculative decoding: on/off; None = the engine's choice
     reuse_prompt: bool = True           # keep the prompt's KV cache between keystrokes
+    # suffix-aware reranking (fim.rerank): up to `candidates` completions, the best by how likely the model
+    # finds the code after the cursor; the budget caps how many a keystroke's request may afford
+    rerank: bool = False
+    candidates: int = 1                 # generated candidates; 1 + rerank_lines was the cheap winner measured
+    rerank_budget_ms: int = 1000
+    rerank_lines: bool = True           # also rerank each candidate cut at its line ends (scoring only)
 
     def enabled_for(self, language_id: str) -> bool:
         return self.languages.get(language_id, self.languages.get("*", True))
@@ -82,6 +88,10 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "languages": ("languages", _languages),
     "speculative": ("speculative", _auto_boolean),
     "reusePrompt": ("reuse_prompt", _boolean),
+    "rerank": ("rerank", _boolean),
+    "candidates": ("candidates", _integer(1, 16)),
+    "rerankBudgetMs": ("rerank_budget_ms", _integer(1, 60000)),
+    "rerankLines": ("rerank_lines", _boolean),
 }
 
 

@@ -15,7 +15,7 @@ local defaults = {
   cmd = { "codegemma", "lsp" },        -- add "--model", "/path/to/model" for another model
   filetypes = { "python", "javascript", "typescript", "go", "rust", "java", "c", "cpp", "lua", "sh" },
   -- Server settings (sent as initializationOptions and on change): model, maxTokens, temperature,
-  -- debounceMs, context, languages, speculative, reusePrompt.
+  -- debounceMs, context, languages, speculative, reusePrompt, rerank, candidates, rerankBudgetMs, rerankLines.
   settings = {},
   -- Neovim 0.12+: the key that accepts the ghost text, mapped in the buffers CodeGemma serves only; when
   -- there is nothing to accept it does what the key did before (another plugin's mapping, or itself).

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from fim.languages import TEXT, normalize_language
+from fim.request import MAX_CANDIDATES
 
 # Below this the warped distribution is the argmax to float32 precision, and dividing logits by it
 # overflows: such requests are served greedily.
@@ -69,3 +70,25 @@ def language(name: str | None) -> str | None:
     if name is None or normalize_language(name, "") == TEXT:
         return None
     return name
+
+
+class Extension(BaseModel):
+    """codegemma's own request fields, under a `codegemma` key in every API format (llama.cpp, Tabby and
+    OpenAI have no field for them): `{"codegemma": {"candidates": 4, "rerank_budget_ms": 800}}`."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not silently ignored
+
+    candidates: int = Field(1, ge=1, le=MAX_CANDIDATES, description="suffix-aware reranking: up to this many "
+                            "candidates, the best by how likely they make the code after the cursor; 1 = off")
+    rerank_budget_ms: int | None = Field(None, gt=0, le=MAX_TIME_BUDGET_MS, description="make another candidate "
+                                         "only while the request is expected to finish within this many ms")
+    rerank_lines: bool = Field(False, description="also rerank each candidate cut at its line ends (no extra "
+                               "generation; works with one candidate too)")
+
+
+def rerank(extension: Extension | None) -> dict[str, int | None]:
+    """CompletionOptions fields from a request's `codegemma` object (absent: one candidate)."""
+    if extension is None:
+        return {}
+    return {"candidates": extension.candidates, "rerank_budget_ms": extension.rerank_budget_ms,
+            "rerank_lines": extension.rerank_lines}

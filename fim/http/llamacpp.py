@@ -69,6 +69,7 @@ class LlamaOptions(BaseModel):
     filename: fields.Text = Field("", description="the file being edited (sets the language); not sent by llama.cpp "
                                                   "clients, which name other files in input_extra")
     response_fields: list[str] = Field(default_factory=list)
+    codegemma: fields.Extension | None = Field(None, description="codegemma's own fields (reranking)")
 
 
 class InfillRequest(LlamaOptions):
@@ -158,7 +159,7 @@ class LlamaJob:
             max_tokens=max(self.n_predict, 1), temperature=fields.temperature(body.temperature),
             top_k=fields.top_k(body.top_k), top_p=fields.top_p(body.top_p), seed=fields.seed(body.seed),
             predict_budget_ms=fields.time_budget(body.t_max_predict_ms), stop=fields.stop_strings(body.stop),
-            reuse_prompt=body.cache_prompt)
+            reuse_prompt=body.cache_prompt, **fields.rerank(body.codegemma))
         path = body.filename or path
         self.request = CompletionRequest(
             path=path or CURRENT_FILE, text=prefix + suffix, cursor=len(prefix),
@@ -217,6 +218,8 @@ class LlamaJob:
                 "n_indent": b.n_indent, "t_max_predict_ms": b.t_max_predict_ms,
                 "t_max_prompt_ms": b.t_max_prompt_ms, "n_cmpl": len(self.group.members),
                 "cache_prompt": b.cache_prompt, "speculative": options.speculative,
+                "candidates": options.candidates, "rerank_budget_ms": options.rerank_budget_ms,
+                "rerank_lines": options.rerank_lines,
                 "language": finished.response.debug.get("language"),
             },
             "timings": timings(stats),

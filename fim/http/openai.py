@@ -43,6 +43,7 @@ class OpenAICompletionRequest(BaseModel):
     seed: fields.Seed | None = None
     echo: bool = False
     user: str | None = None
+    codegemma: fields.Extension | None = Field(None, description="codegemma's own fields (reranking)")
 
 
 class OpenAICompletion:
@@ -64,7 +65,8 @@ class OpenAICompletion:
         max_tokens = state.new_tokens(body.max_tokens if body.max_tokens is not None else -1)
         options = CompletionOptions(
             max_tokens=max_tokens, temperature=fields.temperature(body.temperature or 0.0),
-            top_p=fields.top_p(body.top_p or 1.0), seed=fields.seed(body.seed), stop=fields.stop_strings(body.stop))
+            top_p=fields.top_p(body.top_p or 1.0), seed=fields.seed(body.seed), stop=fields.stop_strings(body.stop),
+            **fields.rerank(body.codegemma))
         self.state = state
         self.model = body.model or state.model_name
         self.id = f"cmpl-{uuid.uuid4()}"

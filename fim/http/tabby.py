@@ -55,6 +55,7 @@ class TabbyCompletionRequest(BaseModel):
     temperature: fields.FiniteFloat | None = None
     seed: fields.Seed | None = None
     mode: str | None = Field(None, description="accepted for compatibility; completions are always standard")
+    codegemma: fields.Extension | None = Field(None, description="codegemma's own fields (reranking)")
 
 
 class Choice(BaseModel):
@@ -82,7 +83,8 @@ async def completions(body: TabbyCompletionRequest, request: Request, state: Sta
     seg = body.segments
     path = seg.filepath or "untitled"
     options = CompletionOptions(max_tokens=state.settings.default_new_tokens,
-                                temperature=fields.temperature(body.temperature or 0.0), seed=fields.seed(body.seed))
+                                temperature=fields.temperature(body.temperature or 0.0), seed=fields.seed(body.seed),
+                                **fields.rerank(body.codegemma))
     completion_request = CompletionRequest(
         path=path, text=seg.prefix + (seg.suffix or ""), cursor=len(seg.prefix),
         language=fields.language(body.language), other_files=other_files(seg), options=options,

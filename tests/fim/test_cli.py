@@ -41,6 +41,18 @@ def test_json_has_exactly_text_range_debug(capsys, source):
     assert debug["engine"]["prompt_tokens"] == debug["prompt"]["tokens"]["total"]
 
 
+def test_candidates_list_every_candidate_in_the_debug_record(capsys, source):
+    offset = SOURCE.index("    return a - b")
+    status, out, _ = _run(capsys, source, "--offset", offset, "--json", "--candidates", 3, *FAST)
+    rerank = json.loads(out)["debug"]["rerank"]
+    assert status == 0 and rerank["made"] == 3 and len(rerank["candidates"]) == 3
+    assert json.loads(out)["text"] == rerank["candidates"][rerank["chosen"]]["text"]
+    status, out, _ = _run(capsys, source, "--offset", offset, "--json", "--candidates", 1, *FAST)
+    assert "rerank" not in json.loads(out)["debug"]
+    status, out, _ = _run(capsys, source, "--offset", offset, "--json", "--rerank-lines", *FAST)
+    assert json.loads(out)["debug"]["rerank"]["made"] == 1
+
+
 def test_plain_output_is_only_the_completion(capsys, source):
     status, out, _ = _run(capsys, source, "--line", 6, "--col", 5, "--single-line", "--json", *FAST)
     expected = json.loads(out)["text"]
@@ -110,6 +122,8 @@ def test_huge_file_prompt_stays_within_budget(capsys, tmp_path):
     (["{dir}/u.py", "--offset", "0", "--max-tokens", "0"], "max_tokens must be at least 1"),
     (["{dir}/u.py", "--offset", "0", "--multiline", "--single-line"], "not allowed with argument"),
     (["{dir}/u.py", "--offset", "0", "--context", "{dir}/missing.py"], "missing.py: no such file"),
+    (["{dir}/u.py", "--offset", "0", "--candidates", "0"], "candidates must be from 1 to 16"),
+    (["{dir}/u.py", "--offset", "0", "--candidates", "2", "--rerank-budget-ms", "0"], "rerank_budget_ms must be positive"),
     (["{dir}/u.py", "--offset", "0", "--model", "{dir}/no-model"], "no-model: no such file or directory"),
 ])
 def test_bad_input_is_one_line_and_status_2(capsys, tmp_path, args, message):

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from fim import FileContext
+from fim import CompletionOptions, CompletionRequest, FileContext, complete
 from lsp.client import REQUEST_CANCELLED, ResponseError
 from lsp.positions import UTF8, UTF16
-from tests.lsp.harness import (ROOT_URI, TEST_OPTIONS, URI, pos, assert_inline_matches, expected_text, inline,
-                               opened, start)
+from tests.lsp.harness import (ROOT_URI, TEST_OPTIONS, URI, _engine, pos, assert_inline_matches, expected_text,
+                               inline, opened, start)
 from tests.tiny import tiny_checkpoint
 
 def test_capabilities_advertise_inline_completion_and_incremental_sync(lsp_server):
@@ -113,6 +113,26 @@ def test_cancel_request_is_honoured(lsp_server):
         assert pending.latency_ms < 2000
         # The worker stopped: the next request is served.
         assert isinstance(inline(lsp_server, pos(0, 2)).result(timeout=60)["items"], list)
+
+
+def test_rerank_settings_answer_the_reranked_completion(lsp_server):
+    text = "def f(a):\n    b = a * \n    return b\n"
+    cursor = text.index("* ") + 2
+    rerank = {"rerank": True, "candidates": 3, "rerankBudgetMs": 60000}
+    lsp_server.notify("workspace/didChangeConfiguration", {"settings": {**TEST_OPTIONS, **rerank}})
+    try:
+        with opened(lsp_server, text):
+            result = inline(lsp_server, pos(1, 12)).result(timeout=60)
+    finally:
+        lsp_server.notify("workspace/didChangeConfiguration", {"settings": {**TEST_OPTIONS, "rerank": False}})
+    expected = complete(_engine(), CompletionRequest(path="pkg/a.py", text=text, cursor=cursor, language="python",
+                                                     options=CompletionOptions(max_tokens=TEST_OPTIONS["maxTokens"],
+                                                                               candidates=3, rerank_budget_ms=60000,
+                                                                               rerank_lines=True)))
+    assert len(expected.debug["rerank"]["candidates"]) == 3
+    assert result["items"][0]["insertText"] == expected.text
+    assert not any(m["method"] == "window/showMessage" and "rerank" in m["params"]["message"]
+                   for m in lsp_server.notifications)
 
 
 @contextlib.contextmanager

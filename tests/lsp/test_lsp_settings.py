@@ -43,3 +43,20 @@ def test_speculative_may_be_left_to_the_engine():
     settings, problems = apply_settings(Settings(), {"speculative": "yes"})
     assert settings.speculative is None
     assert problems == ["setting 'speculative' = 'yes' ignored: expected true, false, or null for the engine's choice"]
+
+
+def test_rerank_settings_reach_the_completion_options():
+    from lsp.completer import Snapshot, request
+
+    settings, problems = apply_settings(Settings(), {"rerank": True, "candidates": 3, "rerankBudgetMs": 800})
+    assert problems == [] and (settings.rerank, settings.candidates, settings.rerank_budget_ms) == (True, 3, 800)
+    snap = Snapshot("x = ", 4, 0, 4, 4, "")
+    options = request(snap, "a.py", "python", [], settings, "a.py").options
+    assert (options.candidates, options.rerank_budget_ms, options.rerank_lines) == (3, 800, True)
+    off = request(snap, "a.py", "python", [], Settings(candidates=3), "a.py").options
+    # candidates alone do not switch reranking on
+    assert (off.candidates, off.rerank_budget_ms, off.rerank_lines) == (1, None, False)
+    settings, _ = apply_settings(settings, {"rerankLines": False})
+    assert not request(snap, "a.py", "python", [], settings, "a.py").options.rerank_lines
+    _, problems = apply_settings(Settings(), {"candidates": 0, "rerank": "yes", "rerankBudgetMs": -5})
+    assert len(problems) == 3 and "expected an integer from 1 to 16" in problems[0]

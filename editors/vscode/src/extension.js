@@ -9,7 +9,7 @@ const vscode = require("vscode");
 const { LanguageClient } = require("vscode-languageclient/node");
 
 const SERVER_SETTINGS = ["model", "maxTokens", "temperature", "debounceMs", "context", "languages", "speculative",
-  "reusePrompt"];
+  "reusePrompt", "rerank", "candidates", "rerankBudgetMs", "rerankLines"];
 
 let client;
 
