@@ -22,7 +22,11 @@ from fim.http.settings import ServerSettings, is_loopback
 from fim.service import MAX_PARALLEL, CompletionService
 
 API_KEY_ENV = "CODEGEMMA_API_KEY"
-DEFAULT_PARALLEL = 4  # concurrent HTTP clients decode together (llama.cpp's --parallel)
+# Slots of concurrent requests decoding together (llama.cpp's --parallel). One by default: measured on 2
+# cores (`codegemma bench http`, 2026-12-01) batching 4 clients with 1500-character prompts gave 0.88x the
+# completions/s of one slot, as prefill dominates, and one slot keeps speculation (1.1-1.3x per request);
+# with short prompts 4 slots gave 2.4x.
+DEFAULT_PARALLEL = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
