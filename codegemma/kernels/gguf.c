@@ -261,13 +261,16 @@ static inline __attribute__((always_inline)) __m512i dot_add(__m512i acc, __m512
 static inline __attribute__((always_inline)) __m512i kquant_q(int type, const uint8_t *b, int j) {
     if (type == G_Q6_K) {
         int n = j / 4, t = j % 4;
-        const int8_t *sc = (const int8_t *)(b + 192) + 8 * n + 2 * t;
         __m256i l = _mm256_loadu_si256((const __m256i *)(b + 64 * n + 32 * (t & 1)));
         l = _mm256_and_si256(t >= 2 ? _mm256_srli_epi16(l, 4) : l, _mm256_set1_epi8(0xF));
         __m256i h = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n)), 2 * t);
         h = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(3)), 4);
-        __m512i q = _mm512_sub_epi16(widen_u8(_mm256_or_si256(l, h)), _mm512_set1_epi16(32));
-        __m512i s = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(sc[0]), _mm512_set1_epi16(sc[1]));
+        /* q - 32 fits a signed byte: subtract before widening, on half the width */
+        __m512i q = _mm512_cvtepi8_epi16(_mm256_sub_epi8(_mm256_or_si256(l, h), _mm256_set1_epi8(32)));
+        /* the unit's two scales from the superblock's 16, widened once (the loads fold into broadcasts) */
+        __m512i s = _mm512_permutexvar_epi16(
+            _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16((short)(2 * j)), _mm512_set1_epi16((short)(2 * j + 1))),
+            _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192)))));
         return _mm512_mullo_epi16(q, s);
     }
     int five = type == G_Q5_K;
