@@ -8,9 +8,9 @@
  * How: a weight row is a run of 32-weight units. Each unit decodes to 32 small integers (int16), a float
  * multiplier d and a float offset m, so that weight[i] = d * q[i] + m (K-quant sub-block scales are folded
  * into d and m, Q6_K's 16-weight scales into q). Each input row is prepared once per call as int16 fixed
- * point with one float scale per unit, plus the unit's float sum for the offsets. A unit then contributes
- * d * sx * dot(q, xq) + m * sum(x), the integer dot 32 products at a time (vpmaddwd), the float ones as
- * products in float32. Float weights (F32, F16, BF16) multiply the float input directly.
+ * point with one float scale sk per group of 32-256 values, plus each unit's float sum for the offsets. A
+ * unit then contributes d * sk * dot(q, xk) + m * sum(x), the integer dot 32 products at a time (vpmaddwd),
+ * the float ones as products in float32. Float weights (F32, F16, BF16) multiply the float input directly.
  *
  * Every output is computed the same way whatever the number of input rows (1 to 16): the rows share the
  * decoding of each unit, not any arithmetic, so speculative verification and batching give bit-identical
@@ -177,14 +177,11 @@ static __attribute__((unused)) void unit_float_scalar(int type, const uint8_t *r
     }
 }
 
-/* An input row prepared for the products: float, int16 fixed point per unit with its scale (the portable
- * products), unit sums, and int16 fixed point per group of 32-256 values (group_of) for the vector products:
- * K-quant superblocks sum their 8 units in integers, and the other formats apply the input's scale once per
- * group rather than once per unit and input row. */
+/* An input row prepared for the products: float, unit sums, and int16 fixed point per group of 32-256
+ * values (group_of): K-quant superblocks sum their 8 units in integers, and the other formats apply the
+ * input's scale once per group rather than once per unit and input row. */
 typedef struct {
     const float *xf; /* [K] */
-    int16_t *xq;     /* [K] */
-    float *sx;       /* [K / 32] xf ~= xq * sx */
     float *xs;       /* [K / 32] sum of xf over the unit */
     int16_t *xk;     /* [K] */
     float *sk;       /* [K / group_of(K)] xf ~= xk * sk */
@@ -213,7 +210,6 @@ static void prepare_row(xprep *x, int64_t K) {
         float sum = 0.0f;
         for (int i = 0; i < UNIT; i++) sum += v[i];
         x->xs[u] = sum;
-        x->sx[u] = fixed16(v, UNIT, x->xq + u * UNIT);
     }
     int64_t g = group_of(K);
     for (int64_t i = 0; i < K / g; i++) x->sk[i] = fixed16(x->xf + i * g, (int)g, x->xk + i * g);
@@ -436,8 +432,8 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
         unit_scalar(type, row, u, q, &d, &m);
         for (int r = 0; r < M; r++) {
             int32_t dot = 0;
-            for (int i = 0; i < UNIT; i++) dot += (int32_t)q[i] * x[r].xq[u * UNIT + i];
-            acc[r] += (float)dot * (d * x[r].sx[u]);
+            for (int i = 0; i < UNIT; i++) dot += (int32_t)q[i] * x[r].xk[u * UNIT + i];
+            acc[r] += (float)dot * (d * x[r].sk[u * UNIT / group_of(K)]);
             if (has_offsets(type)) msum[r] += m * x[r].xs[u];
         }
     }
@@ -497,8 +493,8 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         N += Ns[i];
     }
     int units = (int)(K / UNIT);
-    /* floats: xf, xq (halves), sx, xs, xk (halves), sk */
-    size_t per_row = (size_t)K * 2 + 2 * (size_t)units + (size_t)K / 2 + (size_t)units;
+    /* floats: xf, xs, xk (halves), sk (at most one per unit) */
+    size_t per_row = (size_t)K + (size_t)units + (size_t)K / 2 + (size_t)units;
     float *buf = (float *)malloc(sizeof(float) * per_row * M);
     float *yf = !y_bf16 && !glu ? (float *)y : (float *)malloc(sizeof(float) * (size_t)M * N);
     xprep xs[MAX_M];
@@ -509,9 +505,7 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         for (int64_t k = 0; k < K; k++)
             xf[k] = x_bf16 ? bf16_to_f32(((const uint16_t *)x)[r * x_stride + k]) : ((const float *)x)[r * x_stride + k];
         xs[r].xf = xf;
-        xs[r].xq = (int16_t *)(xf + K);
-        xs[r].sx = xf + K + K / 2;
-        xs[r].xs = xs[r].sx + units;
+        xs[r].xs = xf + K;
         xs[r].xk = (int16_t *)(xs[r].xs + units);
         xs[r].sk = (float *)(xs[r].xk + K);
         prepare_row(&xs[r], K);
