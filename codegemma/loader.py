@@ -107,12 +107,12 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
     net, tokenizer, name = _load_path(source, torch_dtype, native)
     ctx = max_seq_len or int(os.environ.get("CODEGEMMA_CTX", DEFAULT_CTX))
     if quant is not None:
-        _cached_quantization(source, quant, lambda cached: quantize_blocks(net, quant, cached))
+        _cached_quantization(source, "blocks", quant, lambda cached: quantize_blocks(net, quant, cached))
         name += f" {quant}"
     net.setup_cache(min(ctx, net.cfg.max_seq_len))  # after quantizing: block formats keep float32 activations
     if int8:
         dtype_name = str(torch_dtype).removeprefix("torch.")
-        _cached_quantization(source, f"int8-{dtype_name}", lambda cached: quantize_int8(net, cached))
+        _cached_quantization(source, "int8", dtype_name, lambda cached: quantize_int8(net, cached))
     elif quant is None:
         use_native(net)
     draft_net = None
@@ -153,8 +153,10 @@ def load_info(model: str | None = None) -> ModelInfo:
     return ModelInfo(cfg.name, tokenizer, min(ctx, cfg.max_seq_len))
 
 
-def _cached_quantization(source: Path, kind: str, quantize: Callable[[dict[str, Tensor] | None], dict[str, Tensor]]) -> None:
-    """Quantized weights, computed once per checkpoint (or GGUF file) and kind and cached: a later load
+def _cached_quantization(source: Path, folder: str, kind: str,
+                         quantize: Callable[[dict[str, Tensor] | None], dict[str, Tensor]]) -> None:
+    """Quantized weights, computed once per checkpoint (or GGUF file) and kind and cached in the cache's
+    `folder` (int8: per dtype; blocks: per option): a later load
     reads them instead of quantizing again (int8: about 2 s for the embedded model, 15 s at 2B).
     `quantize(cached)` quantizes the model in place, taking the cached tensors when given them, and returns
     the tensors to cache."""
@@ -162,8 +164,7 @@ def _cached_quantization(source: Path, kind: str, quantize: Callable[[dict[str, 
 
     from codegemma.gguf.loader import cache_root, source_key
 
-    folder = "int8" if kind.startswith("int8") else "blocks"
-    path = cache_root().parent / folder / f"{source.stem}-{source_key(source)}-{kind.removeprefix('int8-')}.safetensors"
+    path = cache_root().parent / folder / f"{source.stem}-{source_key(source)}-{kind}.safetensors"
     cached = None
     if path.is_file():
         try:
