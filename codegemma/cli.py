@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "lsp": "lsp.cli:main",
     "serve": "fim.http.cli:main",
     "eval": "eval.cli:main",
+    "train-fim": "codegemma.adapter.train:main",
 }
 BENCHES: dict[str, str] = {
     "decode": "codegemma.bench.decode:main",

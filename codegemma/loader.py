@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from codegemma import kernels
+from codegemma.adapter.lora import DEFAULT_ADAPTER, attach
 from codegemma.checkpoint import load_checkpoint, load_tokenizer, read_config
 from codegemma.config import PRESETS
 from codegemma.engine import Engine
@@ -89,10 +90,13 @@ def resolve(model: str | None) -> Path:
 
 
 def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8: bool = False,
-         max_seq_len: int | None = None, draft: str | None = None, quant: str | None = None) -> Engine:
+         max_seq_len: int | None = None, draft: str | None = None, quant: str | None = None,
+         adapter: str | None = None) -> Engine:
     """Load an Engine. `draft` optionally names a smaller model with the same tokenizer for speculation.
     `quant`: "int8" (the same as int8=True), or "q8_0" / "q4" for weights quantized into GGUF block formats
-    and run on the native GGUF products (codegemma.gguf.blocks); either is quantized once and cached."""
+    and run on the native GGUF products (codegemma.gguf.blocks); either is quantized once and cached.
+    `adapter`: a FIM adapter file to put on the model, "off", or None for the default: the shipped adapter on
+    the embedded model ($CODEGEMMA_ADAPTER, when set, takes the place of None)."""
     if quant == "int8":
         int8, quant = True, None
     if quant is not None and quant not in BLOCK_FORMATS:
@@ -104,6 +108,7 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
     # a GGUF file runs in its own formats unless a copy is asked for
     native = dtype is None and not int8 and quant is None
     source = resolve(model)
+    adapter_path = adapter_for(model, adapter)
     net, tokenizer, name = _load_path(source, torch_dtype, native)
     ctx = max_seq_len or int(os.environ.get("CODEGEMMA_CTX", DEFAULT_CTX))
     if quant is not None:
@@ -115,6 +120,9 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
         _cached_quantization(source, "int8", dtype_name, lambda cached: quantize_int8(net, cached))
     elif quant is None:
         use_native(net)
+    if adapter_path is not None:
+        tokenizer = attach(net, tokenizer, adapter_path)
+        name += " +fim-adapter"
     draft_net = None
     if draft is not None:
         draft_net, draft_tok, _ = _load_path(resolve(draft), torch_dtype, native)
@@ -124,6 +132,23 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
         draft_net.setup_cache(net.max_len)
         use_native(draft_net)
     return Engine(net, tokenizer, name + (" int8" if int8 else ""), draft_model=draft_net)
+
+
+def adapter_for(model: str | None, adapter: str | None) -> Path | None:
+    """The adapter file `load` puts on the model `model` (a spec) given `adapter` (see `load`), or None."""
+    choice = adapter if adapter is not None else os.environ.get("CODEGEMMA_ADAPTER") or "default"
+    if choice in ("off", "none"):
+        return None
+    if choice in ("default", "on"):
+        embedded = model in (None, "", "default", DEFAULT_MODEL)
+        shipped = DEFAULT_ADAPTER if embedded and DEFAULT_ADAPTER.is_file() else None
+        if choice == "on" and shipped is None:
+            raise CodegemmaError("no FIM adapter ships for this model; pass an adapter file's path instead")
+        return shipped
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise ModelNotFoundError(f"adapter {choice}: no such file (use a path, on, off or default)")
+    return path
 
 
 @dataclass(frozen=True)

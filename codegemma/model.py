@@ -139,22 +139,30 @@ class Attention(nn.Module):
         if kernels.active(qkv) and B == 1:  # decoding: norms, RoPE, cache write and attention in one call
             return kernels.attention(qkv, H, KV, D, start, cache.k, cache.v, cos, sin, self.qk_scale,
                                      self.cfg.q_scale, self.cfg.attn_softcap, self.window, self.cfg.norm_eps)
-        qkv = qkv.view(B, S, H + 2 * KV, D)
-        qk = qkv[:, :, :H + KV]
-        if self.cfg.qk_norm:  # Gemma 3: RMSNorm per head on q and k, in float32 like every Gemma norm
-            qk = (F.rms_norm(qk.float(), (D,), None, self.q_norm.eps) * self.qk_scale).to(qkv.dtype)
-        qk = apply_rope(qk.transpose(1, 2), cos, sin)  # [B, H + KV, S, D]
-        q, k = qk[:, :H], qk[:, H:]
-        v = qkv[:, :, H + KV:].transpose(1, 2)  # [B, KV, S, D]
+        q, k, v = self.heads(qkv, cos, sin)
         end = start + S
         cache.write(start, k, v)
         # a sliding layer only ever looks back `window` positions: read no more of the cache than that
         lo = max(0, start - self.window + 1) if self.window else 0
         keys, values = cache.k[:, :, lo:end], cache.v[:, :, lo:end]  # [B, KV, T, D]
-        out = self._attend(q, keys, values, None if S == 1 else mask[:, lo:end])  # one query sees all it reads
+        out = self.attend(q, keys, values, None if S == 1 else mask[:, lo:end])  # one query sees all it reads
         return out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    def heads(self, qkv: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Projected rows [B, S, (H + 2 KV) * D] -> q [B, H, S, D] and k, v [B, KV, S, D], q and k normalised
+        (Gemma 3) and rotated; cos/sin are the tables' rows of the S positions."""
+        B, S, _ = qkv.shape
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        qkv = qkv.view(B, S, H + 2 * KV, D)
+        qk = qkv[:, :, :H + KV]
+        if self.cfg.qk_norm:  # Gemma 3: RMSNorm per head on q and k, in float32 like every Gemma norm
+            qk_scale = self.qk_scale if self.qk_scale is not None else torch.cat(  # unfrozen: training
+                [(1.0 + self.q_norm.weight.float()).expand(H, -1), (1.0 + self.k_norm.weight.float()).expand(KV, -1)])
+            qk = (F.rms_norm(qk.float(), (D,), None, self.q_norm.eps) * qk_scale).to(qkv.dtype)
+        qk = apply_rope(qk.transpose(1, 2), cos, sin)  # [B, H + KV, S, D]
+        return qk[:, :H], qk[:, H:], qkv[:, :, H + KV:].transpose(1, 2)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """Grouped attention: the query heads that share a KV head are stacked into one matrix product, so
         MQA/GQA never copies keys. q [B, H, S, D], k/v [B, KV, T, D], mask [S, T] -> [B, H, S, D]."""
         B, H, S, D = q.shape
@@ -215,18 +223,21 @@ class DecoderLayer(nn.Module):
             self.post_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
     def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor, slot: int | None = None) -> Tensor:
-        return self._block(x, lambda h: self.self_attn(h, start, cos, sin, mask, slot))
+        return self.block(x, lambda h: self.self_attn(h, start, cos, sin, mask, slot))
 
     def step(self, x: Tensor, rows: Sequence[tuple[int, int]], cos: Tensor, sin: Tensor) -> Tensor:
-        return self._block(x, lambda h: self.self_attn.step(h, rows, cos, sin))
+        return self.block(x, lambda h: self.self_attn.step(h, rows, cos, sin))
 
-    def _block(self, x: Tensor, attend: Callable[[Tensor], Tensor]) -> Tensor:
+    def block(self, x: Tensor, attend: Callable[[Tensor], Tensor], mlp: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """The layer around `attend` (normalised rows -> attention output): norms, residuals and the MLP
+        (`mlp` in its place, when given: an adapter's training forward)."""
+        mlp = mlp or self.mlp
         h = attend(self.input_layernorm(x))
         if self.sandwich:
             x, h = add_norm(x, h, self.post_attention_layernorm, self.pre_feedforward_layernorm)
-            return add_norm(x, self.mlp(h), self.post_feedforward_layernorm, None)[0]
+            return add_norm(x, mlp(h), self.post_feedforward_layernorm, None)[0]
         x, h = add_norm(x, h, None, self.post_attention_layernorm)
-        return add_norm(x, self.mlp(h), None, None)[0]
+        return add_norm(x, mlp(h), None, None)[0]
 
 
 class GemmaModel(nn.Module):

@@ -15,13 +15,16 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eval.datasets import BENCHMARKS, load_tasks, select
+from eval.datasets import BENCHMARKS, Task, load_tasks, select
 from eval.errors import EvalError, ResultsError
 from eval.sandbox import ISOLATIONS, Limits, Sandbox
 from eval.scoring import count_correct, exact_match, pass_at_k_table
 from eval.subsets import SUBSETS, subset
+
+if TYPE_CHECKING:
+    from codegemma import EngineProtocol
 
 
 def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +82,9 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--quant", choices=("int8", "q8_0", "q4"), help="weights quantized once and cached: int8, q8_0 or q4 (GGUF block formats on the native products)")
+    parser.add_argument("--adapter", type=names, default=["default"],
+                        help="FIM adapter setting(s), comma-separated: default, on, off or an adapter file; several "
+                        "(e.g. on,off) run each on the same tasks into OUT/adapter-X[/...] and print them side by side")
     parser.add_argument("--no-speculative", action="store_true")
     parser.add_argument("--candidates", type=candidate_variants, default=[(1, False)],
                         help="suffix-aware reranking with up to N candidates (1 = off); N+lines also scores each "
@@ -172,9 +178,8 @@ def read_samples(path: Path) -> list[dict]:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     # Imported here so that `eval check` works without loading the model stack.
-    from eval.report import summarize, table, terminal_table, write_report
-    from eval.runner import Run, Settings
-    from eval.session import load_engine, progress_bar
+    from eval.report import table, terminal_table
+    from eval.session import load_engine
 
     if args.n < 1 or (args.limit is not None and args.limit < 1):
         raise EvalError("--n and --limit must be at least 1")
@@ -185,12 +190,47 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         tasks = [t for benchmark in loaded for t in select(subset(benchmark, args.subset), None, args.limit)]
     started = time.monotonic()
-    engine = load_engine(args.model, args.dtype, args.int8, quant=args.quant)
     command = "codegemma eval " + shlex.join(argv)
     variants: dict[str, dict[str, Any]] = {}
+    names_seen: list[str] = []
+    for adapter in args.adapter:
+        engine = load_engine(args.model, args.dtype, args.int8, quant=args.quant, adapter=adapter)
+        names_seen.append(engine.name)
+        isolation = _run_variants(args, engine, tasks, all_tasks, command, variants,
+                                  f"adapter-{Path(adapter).stem if '/' in adapter else adapter}" if len(args.adapter) > 1 else "")
+        del engine  # the next setting's model replaces this one
+    if len(variants) > 1:  # the variants side by side, per benchmark
+        rows = {f"{name} {variant}": summary[name] for name in next(iter(variants.values()))
+                for variant, summary in variants.items()}
+        print(terminal_table(table(rows, first="benchmark variant")))
+    result: dict[str, Any] = {"model": names_seen[0] if len(set(names_seen)) == 1 else names_seen,
+                              "isolation": isolation, "out": str(args.out), "wall_s": round(time.monotonic() - started, 1)}
+    if len(variants) == 1:
+        result["benchmarks"] = next(iter(variants.values()))
+    else:
+        result["variants"] = variants
+    print(json.dumps(result))
+    return 0
+
+
+def _run_variants(args: argparse.Namespace, engine: EngineProtocol, tasks: list[Task],
+                  all_tasks: dict[str, list[Task]], command: str, variants: dict[str, dict[str, Any]],
+                  prefix: str) -> str:
+    """Run each --candidates variant with `engine` into `variants` (named after `prefix` and the variant);
+    returns the sandbox's isolation."""
+    from eval.report import summarize, table, terminal_table, write_report
+    from eval.runner import Run, Settings
+    from eval.session import progress_bar
+
+    isolation = ""
     for candidates, lines in args.candidates:
         variant = f"candidates-{candidates}" + ("-lines" if lines else "")
-        out = args.out if len(args.candidates) == 1 else args.out / variant
+        name = f"{prefix} {variant}".strip() if len(args.candidates) > 1 else (prefix or variant)
+        out = args.out
+        if prefix:
+            out = out / prefix
+        if len(args.candidates) > 1:
+            out = out / variant
         settings = Settings(model=engine.name, n=args.n, temperature=args.temperature,
                             top_p=args.top_p if args.top_p is not None else (0.95 if args.temperature > 0 else 1.0),
                             max_tokens=args.max_tokens, speculative=False if args.no_speculative else None,
@@ -204,19 +244,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         files = write_report(out, summary, records, {**vars(settings), "isolation": isolation}, command)
         print(terminal_table(table(summary)))
         print(f"report: {files[0]}")
-        variants[variant] = summary
-    if len(variants) > 1:  # the variants side by side, per benchmark
-        rows = {f"{name} {variant}": summary[name] for name in next(iter(variants.values()))
-                for variant, summary in variants.items()}
-        print(terminal_table(table(rows, first="benchmark variant")))
-    result: dict[str, Any] = {"model": engine.name, "isolation": isolation, "out": str(args.out),
-                              "wall_s": round(time.monotonic() - started, 1)}
-    if len(variants) == 1:
-        result["benchmarks"] = next(iter(variants.values()))
-    else:
-        result["variants"] = variants
-    print(json.dumps(result))
-    return 0
+        variants[name] = summary
+    return isolation
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ from eval.errors import EvalError
 
 
 def load_engine(model: str | None, dtype: str | None = None, int8: bool = False,
-                quant: str | None = None) -> EngineProtocol:
+                quant: str | None = None, adapter: str | None = None) -> EngineProtocol:
     """The engine for `model` (None = the embedded default); a load failure becomes a one-line EvalError."""
     try:
-        return load(model, dtype=dtype, int8=int8, quant=quant)
+        return load(model, dtype=dtype, int8=int8, quant=quant, adapter=adapter)
     except FimError as error:
         raise EvalError(f"cannot load the model: {error}") from None
 

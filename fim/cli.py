@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "server); --model then names its tokenizer. API key: $CODEGEMMA_ENGINE_API_KEY")
     parser.add_argument("--dtype", help="bf16 or fp32 (default: bf16 where the CPU supports it)")
     parser.add_argument("--int8", action="store_true", help="int8 weight-only quantisation")
+    parser.add_argument("--adapter", help="FIM adapter: default (the one that ships, on the embedded model), on, off or an adapter file; also $CODEGEMMA_ADAPTER")
     parser.add_argument("--quant", choices=("int8", "q8_0", "q4"), help="weights quantized once and cached: int8, q8_0 or q4 (GGUF block formats on the native products)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         request = build_request(args)  # bad input is reported before the model takes seconds to load
         result = run(args, request, load_engine(args.model, dtype=args.dtype, int8=args.int8, quant=args.quant,
-                                                   server=args.server))
+                                                   server=args.server, adapter=args.adapter))
     except FimError as error:
         print(f"fim: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

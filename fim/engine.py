@@ -23,7 +23,7 @@ def engine_errors() -> Iterator[None]:
 
 
 def load_engine(model: str | None, dtype: str | None = None, int8: bool = False,
-                quant: str | None = None, server: str | None = None) -> EngineProtocol:
+                quant: str | None = None, server: str | None = None, adapter: str | None = None) -> EngineProtocol:
     """The engine for `model` (None = the embedded default); raises EngineError when it cannot load.
 
     With `server` (a URL), a remote engine there (`fim.remote`): `model` then names only the tokenizer."""
@@ -32,4 +32,4 @@ def load_engine(model: str | None, dtype: str | None = None, int8: bool = False,
 
         return load_remote(server, model)
     with engine_errors():
-        return load(model, dtype=dtype, int8=int8, quant=quant)
+        return load(model, dtype=dtype, int8=int8, quant=quant, adapter=adapter)

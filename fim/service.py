@@ -39,7 +39,7 @@ class CompletionService:
 
     def __init__(self, model: str | None = None, dtype: str | None = None, int8: bool = False, quant: str | None = None,
                  max_queue: int = 8, *, engine: EngineProtocol | None = None, parallel: int = 1,
-                 server: str | None = None) -> None:
+                 server: str | None = None, adapter: str | None = None) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         if not 1 <= parallel <= MAX_PARALLEL:
@@ -49,6 +49,7 @@ class CompletionService:
         self.dtype = dtype
         self.int8 = int8
         self.quant = quant
+        self.adapter = adapter  # codegemma.load's: None = the default
         self.server = server  # a remote engine's URL (fim.remote): `model` then names only its tokenizer
         self.max_queue = max_queue
         self.engine: EngineProtocol | None = None
@@ -170,7 +171,7 @@ class CompletionService:
             else:
                 report(f"loading model {self.model or 'default'}", 0.0)
                 self.engine = load_engine(self.model, dtype=self.dtype, int8=self.int8, quant=self.quant,
-                                          server=self.server)
+                                          server=self.server, adapter=self.adapter)
             if self.parallel > 1 and isinstance(self.engine, Engine):
                 self.engine = BatchEngine(self.engine, self.parallel)
         except Exception as error:  # noqa: BLE001 - a load failure is reported, never raised into a thread

@@ -50,9 +50,10 @@ def tiny_config(arch: str = "gemma3", vocab_size: int = TINY_VOCAB, fim: bool = 
     raise ValueError(f"unknown tiny architecture {arch!r}")
 
 
-def tiny_tokenizer_model(fim: bool = True, vocab_size: int = TINY_VOCAB) -> bytes:
-    """A serialized SentencePiece BPE model laid out like Gemma's: pad 0, eos 1, bos 2, unk 3."""
-    key = hashlib.sha256(f"{fim}-{vocab_size}-v1".encode()).hexdigest()[:16]
+def tiny_tokenizer_model(fim: bool = True, vocab_size: int = TINY_VOCAB, unused: bool = False) -> bytes:
+    """A serialized SentencePiece BPE model laid out like Gemma's: pad 0, eos 1, bos 2, unk 3; with `unused`,
+    <unused0>..<unused3> follow (where an adapter maps the FIM tokens)."""
+    key = hashlib.sha256(f"{fim}-{vocab_size}-{unused}-v1".encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / f"codegemma-tiny-{key}.model"
     if path.is_file():
         return path.read_bytes()
@@ -62,7 +63,7 @@ def tiny_tokenizer_model(fim: bool = True, vocab_size: int = TINY_VOCAB) -> byte
         sentence_iterator=iter(corpus.splitlines()), model_writer=out, model_type="bpe", vocab_size=vocab_size,
         byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, add_dummy_prefix=False,
         remove_extra_whitespaces=False, normalization_rule_name="identity", split_digits=True,
-        allow_whitespace_only_pieces=True, user_defined_symbols=list(FIM_TOKENS) if fim else [],
+        allow_whitespace_only_pieces=True, user_defined_symbols=(list(FIM_TOKENS) if fim else []) + ([f"<unused{i}>" for i in range(4)] if unused else []),
         minloglevel=2, num_threads=1)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(out.getvalue())
@@ -89,13 +90,14 @@ def tiny_engine(fim: bool = True, arch: str = "gemma3", seed: int = 0, dtype: to
     return Engine(model, tokenizer, f"tiny-{arch}{'-fim' if fim else ''}")
 
 
-def write_checkpoint(directory: Path, cfg: GemmaConfig, seed: int = 0, shards: int = 1, fim: bool = True) -> Path:
+def write_checkpoint(directory: Path, cfg: GemmaConfig, seed: int = 0, shards: int = 1, fim: bool = True,
+                     unused: bool = False) -> Path:
     """Write a Hugging Face checkpoint directory: config.json, (sharded) model safetensors with an index,
     and tokenizer.model."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in random_model(cfg, seed).state_dict().items()}
     (directory / "config.json").write_text(json.dumps(to_hf_config(cfg)))
-    (directory / "tokenizer.model").write_bytes(tiny_tokenizer_model(fim))
+    (directory / "tokenizer.model").write_bytes(tiny_tokenizer_model(fim, unused=unused))
     names = sorted(state)
     if shards == 1:
         save_file(state, str(directory / "model.safetensors"))
@@ -118,3 +120,25 @@ def tiny_checkpoint() -> str:
     root = Path(tempfile.mkdtemp(prefix="codegemma-tiny-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     return str(write_checkpoint(root / "tiny-gemma3-fim", tiny_config()))
+
+
+@functools.cache
+def tiny_adapter() -> tuple[str, str]:
+    """A tiny checkpoint whose vocabulary has no FIM tokens (but <unused0..3>) and a FIM adapter for it with
+    random, non-zero updates (codegemma.adapter), written once per test session."""
+    from codegemma.adapter.lora import save_adapter, unused_ids
+    from codegemma.adapter.train import TrainableAdapter
+
+    root = Path(tempfile.mkdtemp(prefix="codegemma-adapter-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    cfg = tiny_config(fim=False)
+    model_dir = write_checkpoint(root / "tiny-gemma3-plain", cfg, fim=False, unused=True)
+    tokenizer = Tokenizer.from_bytes(tiny_tokenizer_model(fim=False, unused=True))
+    adapter = TrainableAdapter(random_model(cfg), rank=4, alpha=8.0, ids=unused_ids(tokenizer))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    path = root / "adapter.safetensors"
+    save_adapter(path, adapter.config, adapter.tensors())
+    return str(model_dir), str(path)

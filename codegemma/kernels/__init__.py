@@ -124,6 +124,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_add_norm.argtypes = [i, i, i, f, p, p, p, p, p, p]
     lib.cg_attention.restype = i
     lib.cg_attention.argtypes = [i, i, i, i, i, i64, i64, i, f, f, f, p, p, p, p, p, p, p]
+    lib.cg_lora.restype = i
+    lib.cg_lora.argtypes = [i, i, i64, i, p, i, p, p, f, p, i, i64, p, i, p, i]
     lib.cg_row_bytes.restype = i64
     lib.cg_row_bytes.argtypes = [i, i64]
     lib.cg_gguf_linear.restype = i
@@ -216,6 +218,31 @@ def attention(qkv: Tensor, n_heads: int, n_kv: int, head_dim: int, start: int, k
     if rc != 0:
         raise MemoryError("out of memory in native attention")
     return out
+
+
+class LoRA:
+    """A low-rank update of a group of projections side by side (Ns[i] outputs each, rank R each), added to
+    their float32 product: a [n * R, K] and b [N, R], kept in bfloat16 (b transposed). See cg_lora in ops.c."""
+
+    def __init__(self, a: Tensor, b: Tensor, ns: list[int], scale: float):
+        self.a, self.bt = a.to(torch.bfloat16).contiguous(), b.to(torch.bfloat16).t().contiguous()
+        self.rank, self.scale, self.n = a.shape[0] // len(ns), scale, b.shape[0]
+        self._ns = (ctypes.c_int64 * len(ns))(*ns)
+        self._n_seg = len(ns)
+
+    def __call__(self, x: Tensor, y: Tensor, out_dtype: torch.dtype, glu: bool) -> Tensor:
+        """x [..., K] and its product y [..., N] (float32, contiguous; updated in place) -> the result in
+        out_dtype ([..., N / 2] with glu)."""
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        out = torch.empty(*y.shape[:-1], self.n // 2, dtype=out_dtype) if glu else None
+        rc = _lib.cg_lora(x2.shape[0], x2.shape[1], self.n, self._n_seg, self._ns, self.rank, self.a.data_ptr(),
+                          self.bt.data_ptr(), self.scale, x2.data_ptr(), _TYPES[x2.dtype], x2.stride(0), y.data_ptr(),
+                          int(glu), _ptr(out), _TYPES[out_dtype])
+        if rc != 0:
+            raise MemoryError("out of memory in the native LoRA update")
+        return out if glu else y.to(out_dtype)
 
 
 class _Product:

@@ -504,3 +504,85 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
     free(v);
     return failed ? -1 : 0;
 }
+
+/* a . x over K values, a in bfloat16, in 16 float32 lanes reduced in a fixed order: the same result for a
+ * row whatever else is computed */
+static float dot16_bf16(const uint16_t *a, const float *x, int K) {
+    int k = 0;
+    float s = 0.0f;
+#ifdef __AVX512F__
+    __m512 acc = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) acc = _mm512_fmadd_ps(vld_bf16(a + k), _mm512_loadu_ps(x + k), acc);
+    s = _mm512_reduce_add_ps(acc);
+#else
+    float acc[16] = {0};
+    for (; k + 16 <= K; k += 16)
+        for (int l = 0; l < 16; l++) acc[l] += bf16_to_f32(a[k + l]) * x[k + l];
+    for (int l = 0; l < 16; l++) s += acc[l];
+#endif
+    for (; k < K; k++) s += bf16_to_f32(a[k]) * x[k];
+    return s;
+}
+
+/* A LoRA update added to a product's float32 result y [M, N], then optionally Gemma's GeGLU. The N outputs
+ * are n_seg projections side by side (Ns[i] each), projection i with its own rank-R pair: A [n_seg * R, K]
+ * holds the a matrices stacked and BT [R, N] the b matrices transposed side by side (both bfloat16). Per
+ * row m: t = scale * A x_m, then y[m, n] += sum_r BT[r, n] t[seg(n) * R + r], summed over r in order, 16
+ * outputs per vector. With glu, out [M, N / 2] (type otype) = gelu_tanh(first half) * second half; else y
+ * is the result. Every row runs the same code whatever M is, so its result does not depend on the others.
+ * Returns -1 when out of memory. */
+int cg_lora(int M, int K, int64_t N, int n_seg, const int64_t *Ns, int R, const uint16_t *A, const uint16_t *BT,
+            float scale, const void *x, int xtype, int64_t x_stride, float *y, int glu, void *out, int otype) {
+    int SR = n_seg * R;
+    float *t = (float *)malloc(sizeof(float) * (size_t)M * SR);
+    float *xf = (float *)malloc(sizeof(float) * (size_t)M * K);
+    int *seg = (int *)malloc(sizeof(int) * (size_t)N);
+    if (!t || !xf || !seg) {
+        free(t); free(xf); free(seg);
+        return -1;
+    }
+    for (int m = 0; m < M; m++)
+        for (int k = 0; k < K; k++) xf[(size_t)m * K + k] = ld(x, xtype, (size_t)m * x_stride + k);
+    for (int64_t n = 0, i = 0, end = Ns[0]; n < N; n++) {
+        while (n >= end) end += Ns[++i];
+        seg[n] = (int)i * R;
+    }
+    for (int j = 0; j < M * SR; j++)
+        t[j] = scale * dot16_bf16(A + (size_t)(j % SR) * K, xf + (size_t)(j / SR) * K, K);
+    int64_t n16 = 0;
+#ifdef __AVX512F__
+    /* blocks of 16 outputs within one projection: one multiply-add per rank, no horizontal sums */
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < N / 16; b++) {
+        int64_t n0 = 16 * b;
+        if (seg[n0] != seg[n0 + 15]) continue; /* straddles two projections: done one by one below */
+        for (int m = 0; m < M; m++) {
+            const float *tm = t + (size_t)m * SR + seg[n0];
+            __m512 acc = _mm512_loadu_ps(y + (size_t)m * N + n0);
+            for (int r = 0; r < R; r++) acc = _mm512_fmadd_ps(_mm512_set1_ps(tm[r]), vld_bf16(BT + (size_t)r * N + n0), acc);
+            _mm512_storeu_ps(y + (size_t)m * N + n0, acc);
+        }
+    }
+    n16 = N / 16 * 16;
+#endif
+    for (int64_t n = 0; n < N; n++) {
+        if (n < n16 && seg[n / 16 * 16] == seg[n / 16 * 16 + 15]) continue;
+        for (int m = 0; m < M; m++) {
+            const float *tm = t + (size_t)m * SR + seg[n];
+            float acc = y[(size_t)m * N + n];
+            for (int r = 0; r < R; r++) acc = fmaf(tm[r], bf16_to_f32(BT[(size_t)r * N + n]), acc);
+            y[(size_t)m * N + n] = acc;
+        }
+    }
+    if (glu) {
+        int64_t half = N / 2;
+#pragma omp parallel for schedule(static)
+        for (int64_t j = 0; j < (int64_t)M * half; j++) {
+            int64_t m = j / half, n = j % half;
+            float g = rnd(y[m * N + n], otype), u = rnd(y[m * N + half + n], otype);
+            st(out, otype, j, rnd(gelu_tanh(g), otype) * u);
+        }
+    }
+    free(t); free(xf); free(seg);
+    return 0;
+}

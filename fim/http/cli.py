@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "http://HOST:PORT/v1); --model then names its tokenizer. API key: $CODEGEMMA_ENGINE_API_KEY")
     p.add_argument("--dtype", default=None, help="weights dtype, e.g. bfloat16 or float32")
     p.add_argument("--int8", action="store_true", help="weight-only int8 linear layers")
+    p.add_argument("--adapter", help="FIM adapter: default (the one that ships, on the embedded model), on, off or an adapter file; also $CODEGEMMA_ADAPTER")
     p.add_argument("--quant", choices=("int8", "q8_0", "q4"), help="weights quantized once and cached: int8, q8_0 or q4 (GGUF block formats on the native products)")
     p.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})")
     p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model (default 8); "
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host, port = sock.getsockname()[:2]
     service = CompletionService(args.model, dtype=args.dtype, int8=args.int8, quant=args.quant,
-                                max_queue=args.max_queue, parallel=args.parallel, server=args.engine)
+                                max_queue=args.max_queue, parallel=args.parallel, server=args.engine,
+                                adapter=args.adapter)
     service.start(on_progress=lambda message, _fraction: print(f"codegemma serve: {message}", file=sys.stderr))
     app = create_app(service, settings)
     config = uvicorn_config(app, settings, log_level=args.log_level, timeout_graceful_shutdown=5)

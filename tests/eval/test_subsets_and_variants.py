@@ -9,7 +9,7 @@ from eval.datasets import load_tasks
 from eval.errors import EvalError
 from eval.scoring import wilson_interval
 from eval.subsets import subset
-from tests.tiny import tiny_checkpoint
+from tests.tiny import tiny_adapter, tiny_checkpoint
 
 FAST = ["--timeout", "3", "--workers", "2"]
 
@@ -57,6 +57,21 @@ def test_eval_compares_single_and_reranked_variants(tmp_path, data_dir, capsys):
     assert sorted(single_ids) == sorted(r["task_id"] for r in reranked)  # the same tasks
     assert all(r["rerank_made"] == 3 for r in reranked)  # FIM tiny model: the probe is in the prompt
     assert json.loads((out / "candidates-3" / "run.json").read_text())["candidates"] == 3
+
+
+def test_eval_compares_with_and_without_an_adapter_in_one_run(tmp_path, data_dir, capsys):
+    model, adapter = tiny_adapter()
+    out = tmp_path / "adapters"
+    code = cli.main(["--dataset", "infill-single", "--subset", "quick", "--limit", "2", "--adapter", f"off,{adapter}",
+                     "--model", model, "--max-tokens", "4", "--data-dir", str(data_dir), "--out", str(out), *FAST])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["variants"]) == {"adapter-off", "adapter-adapter"}
+    assert summary["model"] == ["tiny-gemma3-plain", "tiny-gemma3-plain +fim-adapter"]
+    runs = {v: json.loads((out / v / "run.json").read_text()) for v in summary["variants"]}
+    assert runs["adapter-adapter"]["model"].endswith("+fim-adapter")
+    prompts = [json.loads(line) for line in (out / "adapter-off" / "results.jsonl").read_text().splitlines()]
+    assert len(prompts) == 2 and all("exact_match" in r for r in prompts)
 
 
 def test_bad_candidate_counts_are_one_line(capsys):
