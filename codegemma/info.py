@@ -9,7 +9,7 @@ from pathlib import Path
 
 from codegemma.checkpoint import empty_model, read_config
 from codegemma.config import GemmaConfig, PRESETS, preset
-from codegemma.errors import ModelNotFoundError
+from codegemma.errors import CodegemmaError, ModelNotFoundError
 from codegemma.model import Transformer
 
 
@@ -77,7 +77,24 @@ def describe(spec: str) -> str:
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         lines += ["", "weight formats (GGUF):", *gguf_formats(path)]
+    lines += adapter_lines(spec)
     return "\n".join(lines)
+
+
+def adapter_lines(spec: str) -> list[str]:
+    """The FIM adapter `codegemma.load` puts on this model by default, if any."""
+    from codegemma.adapter.lora import read_adapter
+    from codegemma.loader import adapter_for
+
+    try:
+        path = adapter_for(spec, None)
+        if path is None:
+            return []
+        config, _ = read_adapter(path)
+    except CodegemmaError as error:
+        return ["", f"FIM adapter: unusable ({error})"]
+    return ["", f"FIM adapter (on by default; --adapter off or CODEGEMMA_ADAPTER=off turns it off): {path}",
+            f"  LoRA rank {config.rank}, alpha {config.alpha:g}; FIM tokens on ids {', '.join(map(str, config.fim_ids))}"]
 
 
 def main(argv: list[str] | None = None) -> int:

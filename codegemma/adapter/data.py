@@ -2,8 +2,9 @@
 
 The corpus is the Python standard library and the installed packages' sources (tests, generated tables and
 evaluation packages left out, identical files once). An example is a window of one file, a span of it
-taken out as the middle (a random run of characters, whole lines, or a whole indented block), laid out as
-the engine's FIM prompts are (fim.prompt): <bos> <|file_separator|>{path}\\n then PSM
+taken out as the middle (a random run of characters, whole lines, or a whole indented block; some with an
+empty suffix, the cursor at the end), laid out as the engine's FIM prompts are (fim.prompt): <bos>, at
+times another file's snippet <|file_separator|>{path}\\n{snippet}\\n, <|file_separator|>{path}\\n then PSM
 <|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>{middle}<|file_separator|>, or SPM (suffix
 first); some are plain left-to-right windows, so that ability is kept. Loss is on the middle and the end
 token only (on the window's tail for left-to-right ones).
@@ -43,8 +44,11 @@ class Example:
 
 @dataclass(frozen=True)
 class Mix:
-    psm: float = 0.75
-    spm: float = 0.15  # the rest is left to right
+    psm: float = 0.8
+    spm: float = 0.1  # the rest is left to right
+    end_of_file: float = 0.2  # FIM examples whose suffix is empty: the cursor at the end (new code, HumanEval)
+    context: float = 0.15  # examples with another file's snippet before, as the prompt builder adds them
+    max_context_chars: int = 600
     char_span: float = 0.4  # kinds of middle; the rest are indented blocks
     line_span: float = 0.35
     max_prefix_chars: int = 1400
@@ -151,11 +155,19 @@ def _middle_span(text: str, rng: random.Random, mix: Mix) -> tuple[int, int] | N
 
 
 def make_example(doc: Document, tokenizer: Tokenizer, ids: Sequence[int], rng: random.Random,
-                 mix: Mix = Mix()) -> Example | None:
-    """One example from `doc`, or None where the draw gives nothing usable (try another)."""
+                 mix: Mix = Mix(), other: Document | None = None) -> Example | None:
+    """One example from `doc` (with a snippet of `other` before it, if given), or None where the draw gives
+    nothing usable (try another)."""
     pre_id, suf_id, mid_id, sep_id = ids
     text = doc.text
-    head = [tokenizer.bos_id, sep_id, *tokenizer.encode(doc.path + "\n")]
+    head = [tokenizer.bos_id]
+    if other is not None:  # <|file_separator|>{path}\n{snippet}\n, as fim.prompt lays out other files
+        starts = _line_starts(other.text)
+        lo = rng.choice(starts)
+        hi = other.text.rfind("\n", lo, lo + mix.max_context_chars)
+        if hi > lo:
+            head += [sep_id, *tokenizer.encode(f"{other.path}\n{other.text[lo:hi]}\n")]
+    head += [sep_id, *tokenizer.encode(doc.path + "\n")]
     r = rng.random()
     if r >= mix.psm + mix.spm:  # left to right: a window from a line start, loss on its second half
         starts = _line_starts(text)
@@ -174,6 +186,8 @@ def make_example(doc: Document, tokenizer: Tokenizer, ids: Sequence[int], rng: r
     p0 = text.rfind("\n", 0, max(0, lo - mix.max_prefix_chars)) + 1 if lo > mix.max_prefix_chars else 0
     s1 = text.find("\n", hi + mix.max_suffix_chars)
     s1 = len(text) if s1 < 0 else s1 + 1
+    if rng.random() < mix.end_of_file:
+        s1 = hi
     prefix, middle, suffix = text[p0:lo], text[lo:hi], text[hi:s1]
     p, m, s = tokenizer.encode(prefix), tokenizer.encode(middle), tokenizer.encode(suffix)
     room = mix.max_tokens - len(head) - len(m) - 4
@@ -203,6 +217,7 @@ class ExampleStream:
         rng = random.Random(self.seed * 1_000_003 + i)
         while True:
             doc = rng.choices(self.docs, cum_weights=self.cum_weights)[0]
-            example = make_example(doc, self.tokenizer, self.ids, rng, self.mix)
+            other = rng.choice(self.docs) if rng.random() < self.mix.context else None
+            example = make_example(doc, self.tokenizer, self.ids, rng, self.mix, other)
             if example is not None:
                 return example
