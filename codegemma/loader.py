@@ -121,8 +121,14 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
     elif quant is None:
         use_native(net)
     if adapter_path is not None:
-        tokenizer = attach(net, tokenizer, adapter_path)
-        name += " +fim-adapter"
+        try:
+            tokenizer = attach(net, tokenizer, adapter_path)
+            name += " +fim-adapter"
+        except CheckpointError as error:
+            if adapter not in (None, "default") or os.environ.get("CODEGEMMA_ADAPTER"):
+                raise
+            # the default adapter is an improvement, not a requirement: without it the model completes left to right
+            print(f"codegemma: {error}; completing left to right without the FIM adapter", file=sys.stderr)
     draft_net = None
     if draft is not None:
         draft_net, draft_tok, _ = _load_path(resolve(draft), torch_dtype, native)

@@ -161,36 +161,46 @@ class FimHead(nn.Module):
         return logits if out_dtype is None else logits.to(out_dtype)
 
 
+def _shapes(model: Transformer) -> dict[str, tuple[int, int]]:
+    """(out, in) of each projection the adapter updates."""
+    c = model.cfg
+    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    return {"q_proj": (q, c.d_model), "k_proj": (kv, c.d_model), "v_proj": (kv, c.d_model), "o_proj": (c.d_model, q),
+            "gate_proj": (c.d_ff, c.d_model), "up_proj": (c.d_ff, c.d_model), "down_proj": (c.d_model, c.d_ff)}
+
+
 @torch.no_grad()
 def attach(model: Transformer, tokenizer: Tokenizer, path: Path) -> Tokenizer:
     """Put the adapter at `path` on `model` in place (after its weights are in their final format and its
-    cache is set up) and return the tokenizer that knows the FIM tokens' ids."""
+    cache is set up) and return the tokenizer that knows the FIM tokens' ids. The file is checked whole
+    before anything changes: a bad one raises CheckpointError and leaves the model as it was."""
     config, tensors = read_adapter(path)
     if config.base != base_signature(model):
         raise CheckpointError(f"{path}: an adapter for {config.base}, not for this model ({base_signature(model)})")
-    try:
-        for i, layer in enumerate(model.model.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            owners = {"qkv": attn, "o_proj": attn, "gate_up": mlp, "down_proj": mlp}
-            if attn.qkv is None:  # float weights without the native kernels: fuse them as the kernels would
-                attn.qkv = FusedLinear([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-                mlp.gate_up = FusedLinear([mlp.gate_proj.weight, mlp.up_proj.weight])
-            for fused, names in _FUSED.items():
-                owner = owners[fused]
-                base = getattr(owner, fused)
-                if isinstance(base, nn.Linear):
-                    base = FusedLinear([base.weight])
-                a = torch.cat([tensors[f"layers.{i}.{n}.a"] for n in names])
-                bs = [tensors[f"layers.{i}.{n}.b"] for n in names]
-                if any(b.shape[1] != config.rank for b in bs) or a.shape[0] != config.rank * len(names):
-                    raise CheckpointError(f"{path}: layer {i} {fused}: ranks do not match the file's ({config.rank})")
-                setattr(owner, fused, LoRALinear(base, a, torch.cat(bs), [b.shape[0] for b in bs], config.scale))
-    except KeyError as e:
-        raise CheckpointError(f"{path}: no tensor {e} (an adapter for another layout)") from None
-    ids = torch.tensor(config.fim_ids)
+    shapes = _shapes(model)
+    for i in range(model.cfg.n_layers):
+        for name, (n_out, n_in) in shapes.items():
+            a, b = tensors.get(f"layers.{i}.{name}.a"), tensors.get(f"layers.{i}.{name}.b")
+            if a is None or b is None or a.shape != (config.rank, n_in) or b.shape != (n_out, config.rank):
+                raise CheckpointError(f"{path}: layer {i} {name}: missing or misshapen (an adapter for another layout)")
     rows = tensors["fim_rows"].float()
     if rows.shape != (4, model.cfg.d_model):
         raise CheckpointError(f"{path}: FIM rows of shape {tuple(rows.shape)}, expected (4, {model.cfg.d_model})")
+    for i, layer in enumerate(model.model.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        owners = {"qkv": attn, "o_proj": attn, "gate_up": mlp, "down_proj": mlp}
+        if attn.qkv is None:  # float weights without the native kernels: fuse them as the kernels would
+            attn.qkv = FusedLinear([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            mlp.gate_up = FusedLinear([mlp.gate_proj.weight, mlp.up_proj.weight])
+        for fused, names in _FUSED.items():
+            owner = owners[fused]
+            base = getattr(owner, fused)
+            if isinstance(base, nn.Linear):
+                base = FusedLinear([base.weight])
+            a = torch.cat([tensors[f"layers.{i}.{n}.a"] for n in names])
+            bs = [tensors[f"layers.{i}.{n}.b"] for n in names]
+            setattr(owner, fused, LoRALinear(base, a, torch.cat(bs), [b.shape[0] for b in bs], config.scale))
+    ids = torch.tensor(config.fim_ids)
     embed = model.model.embed_tokens
     weight = embed.weight if isinstance(embed, nn.Embedding) else None
     model.model.embed_tokens = FimEmbedding(embed, ids, rows)

@@ -243,3 +243,15 @@ def test_native_update_matches_pytorch_and_keeps_rows_independent(glu):
     torch.testing.assert_close(native, reference, atol=1e-5, rtol=1e-4)
     one_by_one = torch.cat([layer(x[:, i:i + 1], glu=glu) for i in range(8)], dim=1)
     assert torch.equal(one_by_one, native)
+
+
+def test_a_damaged_default_adapter_leaves_the_embedded_model_left_to_right(monkeypatch, tmp_path, capsys):
+    bad = tmp_path / "adapter.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    monkeypatch.setattr("codegemma.loader.DEFAULT_ADAPTER", bad)
+    monkeypatch.delenv("CODEGEMMA_ADAPTER", raising=False)
+    engine = codegemma.load()
+    assert not engine.supports_fim
+    assert "completing left to right without the FIM adapter" in capsys.readouterr().err
+    with pytest.raises(CheckpointError):  # asked for by name, it is an error
+        codegemma.load(adapter=str(bad))
