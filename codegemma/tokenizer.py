@@ -20,9 +20,14 @@ _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in (*FIM_TOKENS, "<bo
 
 
 class Tokenizer:
-    def __init__(self, sp: spm.SentencePieceProcessor, fim_aliases: dict[str, int] | None = None):
-        """`fim_aliases` maps FIM token strings onto ids of a vocabulary that lacks them (an adapter's tokens)."""
+    def __init__(self, sp: spm.SentencePieceProcessor, fim_aliases: dict[str, int] | None = None,
+                 fim_order: str = "psm"):
+        """`fim_aliases` maps FIM token strings onto ids of a vocabulary that lacks them (an adapter's tokens);
+        `fim_order` is the FIM prompt layout the model takes: "psm" (CodeGemma:
+        <|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>) or "spm"
+        (<|fim_prefix|><|fim_suffix|>{suffix}<|fim_middle|>{prefix}, the middle continuing the prefix)."""
         self.sp = sp
+        self.fim_order = fim_order
         self.vocab_size: int = sp.get_piece_size()
         self.bos_id: int = sp.bos_id()
         self.eos_id: int = sp.eos_id()
@@ -47,6 +52,18 @@ class Tokenizer:
         except Exception as e:  # sentencepiece raises bare RuntimeError/OSError with C++ text
             raise TokenizerError(f"{source}: not a valid SentencePiece model ({e})") from None
         return cls(sp)
+
+    def fim_layout(self) -> tuple[str, ...]:
+        """The parts of a FIM prompt after the file header, in this model's order: "prefix", "suffix" and the
+        special tokens' attribute names ("fim_prefix" for `fim_prefix_id`, ...)."""
+        if self.fim_order == "spm":
+            return ("fim_prefix", "fim_suffix", "suffix", "fim_middle", "prefix")
+        return ("fim_prefix", "prefix", "fim_suffix", "suffix", "fim_middle")
+
+    def fim_ids(self, prefix: list[int], suffix: list[int]) -> list[int]:
+        """prefix and suffix ids laid out as `fim_layout` orders them."""
+        parts = {"prefix": prefix, "suffix": suffix}
+        return [i for part in self.fim_layout() for i in (parts[part] if part in parts else [getattr(self, f"{part}_id")])]
 
     @property
     def has_fim(self) -> bool:

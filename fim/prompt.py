@@ -3,6 +3,8 @@
 Layout (FIM model, CodeGemma PSM with multi-file context):
     <bos> (<|file_separator|>{path}\n{snippet}\n)* <|file_separator|>{current path}\n
     <|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>
+  or, for a model that takes SPM (the embedded model's FIM adapter), the same up to the path, then
+    <|fim_prefix|><|fim_suffix|>{suffix}<|fim_middle|>{prefix}
 Layout (left-to-right model): <bos> ({comment} {path}\n{snippet}\n\n)* {comment} {current path}\n {prefix}
 
 Special tokens are placed by id (never by encoding their strings, which a user's file may contain), and
@@ -225,13 +227,13 @@ def build_prompt(tokenizer: Tokenizer, supports_fim: bool, path: str, text: str,
     prompt.add("path", header_text, header_ids)
     prefix_budget = budget - len(prompt.ids) - len(suffix_ids) - (3 if fim else 0)
     prefix_start, prefix_ids = fit_prefix(tokenizer, text, cursor, prefix_budget)
-    if fim:
-        prompt.add("special", piece(tokenizer.fim_prefix_id), [tokenizer.fim_prefix_id])
-    prompt.add("prefix", text[prefix_start:cursor], prefix_ids)
-    if fim:
-        prompt.add("special", piece(tokenizer.fim_suffix_id), [tokenizer.fim_suffix_id])
-        prompt.add("suffix", text[cursor:suffix_end], suffix_ids)
-        prompt.add("special", piece(tokenizer.fim_middle_id), [tokenizer.fim_middle_id])
+    parts = {"prefix": (text[prefix_start:cursor], prefix_ids), "suffix": (text[cursor:suffix_end], suffix_ids)}
+    for part in tokenizer.fim_layout() if fim else ("prefix",):
+        if part in parts:
+            prompt.add(part, *parts[part])
+        else:
+            token = getattr(tokenizer, f"{part}_id")
+            prompt.add("special", piece(token), [token])
     prompt.prefix_start, prompt.suffix_end = prefix_start, suffix_end
     prompt.snippets = [decided.get(id(s), s) for s in snippets]
     return prompt

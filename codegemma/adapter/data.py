@@ -5,8 +5,10 @@ evaluation packages left out, identical files once). An example is a window of o
 taken out as the middle (a random run of characters, whole lines, or a whole indented block; some with an
 empty suffix, the cursor at the end), laid out as the engine's FIM prompts are (fim.prompt): <bos>, at
 times another file's snippet <|file_separator|>{path}\\n{snippet}\\n, <|file_separator|>{path}\\n then PSM
-<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>{middle}<|file_separator|>, or SPM (suffix
-first); some are plain left-to-right windows, so that ability is kept. Loss is on the middle and the end
+<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>{middle}<|file_separator|>, or, mostly, SPM
+<|fim_prefix|><|fim_suffix|>{suffix}<|fim_middle|>{prefix}{middle}<|file_separator|>, where the middle
+continues the prefix as text and a left-to-right model has least to learn (the adapter's prompts are SPM);
+some are plain left-to-right windows, so that ability is kept. Loss is on the middle and the end
 token only (on the window's tail for left-to-right ones).
 """
 
@@ -44,8 +46,8 @@ class Example:
 
 @dataclass(frozen=True)
 class Mix:
-    psm: float = 0.8
-    spm: float = 0.1  # the rest is left to right
+    psm: float = 0.2
+    spm: float = 0.7  # the rest is left to right
     end_of_file: float = 0.2  # FIM examples whose suffix is empty: the cursor at the end (new code, HumanEval)
     context: float = 0.15  # examples with another file's snippet before, as the prompt builder adds them
     max_context_chars: int = 600
@@ -197,8 +199,8 @@ def make_example(doc: Document, tokenizer: Tokenizer, ids: Sequence[int], rng: r
     p = p[max(0, len(p) - (room - len(s))):]
     if r < mix.psm:
         context, kind = [pre_id, *p, suf_id, *s, mid_id], "psm"
-    else:
-        context, kind = [suf_id, *s, pre_id, *p, mid_id], "spm"
+    else:  # the prefix last, right before the middle it continues
+        context, kind = [pre_id, suf_id, *s, mid_id, *p], "spm"
     tokens = head + context + m + [sep_id]
     return Example(tokens, [False] * (len(head) + len(context)) + [True] * (len(m) + 1), kind)
 

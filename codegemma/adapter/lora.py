@@ -42,6 +42,7 @@ class AdapterConfig:
     rank: int
     alpha: float
     fim_ids: tuple[int, int, int, int]  # ids of FIM prefix, suffix, middle, file separator
+    order: str = "spm"  # the prompt layout it was trained for (codegemma.tokenizer.Tokenizer.fim_order)
 
     @property
     def scale(self) -> float:
@@ -66,7 +67,7 @@ def unused_ids(tokenizer: Tokenizer) -> tuple[int, int, int, int]:
 
 def save_adapter(path: Path, config: AdapterConfig, tensors: dict[str, Tensor], extra: dict[str, str] | None = None) -> None:
     meta = {"base": config.base, "rank": str(config.rank), "alpha": str(config.alpha),
-            "fim_ids": json.dumps(list(config.fim_ids)), **(extra or {})}
+            "fim_ids": json.dumps(list(config.fim_ids)), "order": config.order, **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -82,12 +83,13 @@ def read_adapter(path: Path) -> tuple[AdapterConfig, dict[str, Tensor]]:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
         ids = tuple(json.loads(meta["fim_ids"]))
-        config = AdapterConfig(meta["base"], int(meta["rank"]), float(meta["alpha"]), ids)  # type: ignore[arg-type]
+        config = AdapterConfig(meta["base"], int(meta["rank"]), float(meta["alpha"]), ids,  # type: ignore[arg-type]
+                               meta.get("order", "psm"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such adapter file") from None
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: not a FIM adapter file ({type(e).__name__}: {e})") from None
-    if len(config.fim_ids) != 4 or "fim_rows" not in tensors:
+    if len(config.fim_ids) != 4 or "fim_rows" not in tensors or config.order not in ("psm", "spm"):
         raise CheckpointError(f"{path}: not a FIM adapter file (no FIM token rows)")
     return config, tensors
 
@@ -206,4 +208,4 @@ def attach(model: Transformer, tokenizer: Tokenizer, path: Path) -> Tokenizer:
     model.model.embed_tokens = FimEmbedding(embed, ids, rows)
     model.lm_head = FimHead(model.lm_head, weight, ids, rows)
     model.cfg = model.cfg.replace(fim_tokens=True)
-    return Tokenizer(tokenizer.sp, fim_aliases=dict(zip(FIM_TOKENS, config.fim_ids)))
+    return Tokenizer(tokenizer.sp, fim_aliases=dict(zip(FIM_TOKENS, config.fim_ids)), fim_order=config.order)

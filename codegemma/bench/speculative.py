@@ -49,9 +49,7 @@ def infilling_cases(root: Path, kind: str, limit: int) -> list[dict]:
 def _prompt(engine: Engine, prefix: str, suffix: str) -> tuple[list[int], list[list[int]]]:
     tok = engine.tokenizer
     if engine.supports_fim:
-        ids = [tok.bos_id, tok.fim_prefix_id, *tok.encode(prefix), tok.fim_suffix_id, *tok.encode(suffix),
-               tok.fim_middle_id]
-        return ids, []
+        return [tok.bos_id, *tok.fim_ids(tok.encode(prefix), tok.encode(suffix))], []
     return tok.encode(prefix, bos=True), [tok.encode(suffix)]
 
 

@@ -91,11 +91,15 @@ def test_examples_put_the_middle_last_with_loss_on_it_and_the_end_token(tokenize
             continue
         assert target[-1] == ids[3]  # the end token
         middle = tokenizer.decode(target[:-1])
-        at = e.tokens.index(ids[2])
-        assert e.tokens[at + 1:] == target and all(e.targets[at + 1:]) and not any(e.targets[:at + 1])
-        pre, suf = e.tokens.index(ids[0]), e.tokens.index(ids[1])
-        prefix = tokenizer.decode(e.tokens[pre + 1:(suf if e.kind == "psm" else at)])
-        suffix = tokenizer.decode(e.tokens[suf + 1:(at if e.kind == "psm" else pre)])
+        first = e.targets.index(True)
+        assert e.tokens[first:] == target and all(e.targets[first:]) and not any(e.targets[:first])
+        pre, suf, mid = (e.tokens.index(i) for i in ids[:3])
+        if e.kind == "psm":  # <pre> prefix <suf> suffix <mid> middle <sep>
+            assert pre < suf < mid == first - 1
+            prefix, suffix = tokenizer.decode(e.tokens[pre + 1:suf]), tokenizer.decode(e.tokens[suf + 1:mid])
+        else:  # <pre> <suf> suffix <mid> prefix middle <sep>: the middle continues the prefix
+            assert pre + 1 == suf < mid < first
+            prefix, suffix = tokenizer.decode(e.tokens[mid + 1:first]), tokenizer.decode(e.tokens[suf + 1:mid])
         assert prefix + middle + suffix in doc.text and middle
     assert {"psm", "spm", "l2r"} <= kinds
 
@@ -173,8 +177,16 @@ def test_fim_prompts_for_the_adapted_model_use_the_mapped_ids(trained):
     engine = codegemma.load(str(model_dir), adapter=str(path))
     ids = unused_ids(engine.tokenizer)
     text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
-    prompt = build_prompt(engine.tokenizer, engine.supports_fim, "m.py", text, text.index("return ") + 7, "python", [], 256)
-    assert prompt.fim and ids[0] in prompt.ids and ids[1] in prompt.ids and prompt.ids[-1] == ids[2]
+    cursor = text.index("return ") + 7
+    prompt = build_prompt(engine.tokenizer, engine.supports_fim, "m.py", text, cursor, "python", [], 256)
+    # SPM, as the adapter was trained: <pre> <suf> suffix <mid> prefix, the completion continuing the prefix
+    tok, got = engine.tokenizer, prompt.ids
+    assert prompt.fim and got[1] == ids[3]
+    pre = got.index(ids[0])
+    assert got[pre + 1] == ids[1] and ids[2] in got
+    mid = got.index(ids[2])
+    assert tok.decode(got[pre + 2:mid]) == text[cursor:] and tok.decode(got[mid + 1:]) == text[:cursor]
+    assert [s.source for s in prompt.segments][-5:] == ["special", "special", "suffix", "special", "prefix"]
 
 
 @pytest.mark.skipif(not kernels.available(), reason=kernels.unavailable_reason())
