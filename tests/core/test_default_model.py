@@ -41,12 +41,12 @@ CODE = '''def binary_search(items, target):
 
 @pytest.fixture(scope="module")
 def engine() -> codegemma.Engine:
-    return codegemma.load()
+    return codegemma.load(adapter="off")  # the base model as the GGUF has it (the FIM adapter: test_adapter.py)
 
 
 @pytest.fixture(scope="module")
 def engine_fp32() -> codegemma.Engine:
-    return codegemma.load(dtype="fp32")
+    return codegemma.load(dtype="fp32", adapter="off")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,15 @@ def transformers_choices(model, prompt: list[int], continuation: list[int]) -> l
     return logits.argmax(-1).tolist()
 
 
-def test_default_loads_without_fim(engine):
+def test_default_has_fim_exactly_when_its_adapter_ships():
+    from codegemma.adapter.lora import DEFAULT_ADAPTER
+
+    engine = codegemma.load()
+    assert engine.supports_fim == DEFAULT_ADAPTER.is_file()
+    assert engine.tokenizer.fim_order == "spm" or not engine.supports_fim
+
+
+def test_base_loads_without_fim(engine):
     assert "gemma-3-270m" in engine.name
     assert not engine.supports_fim
     tok = engine.tokenizer
@@ -95,7 +103,7 @@ def test_warm_load_is_fast(engine):
     """The module fixture above did the first load (and built the on-disk cache if needed); a second load
     memory-maps the cache and builds the tokenizer from its cached SentencePiece model."""
     start = time.perf_counter()
-    again = codegemma.load()
+    again = codegemma.load(adapter="off")
     seconds = time.perf_counter() - start
     print(f"warm load of the default model: {seconds:.2f} s")
     assert again.name == engine.name

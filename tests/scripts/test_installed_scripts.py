@@ -72,7 +72,7 @@ def test_codegemma_unknown_command_is_one_line_and_usage(tmp_path):
     done = run(tmp_path, script("codegemma"), "nope")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == ["codegemma: unknown command 'nope'",
-                                        "usage: codegemma {bench,eval,info,lsp,serve} ..."]
+                                        "usage: codegemma {bench,eval,info,lsp,serve,train-fim} ..."]
 
 
 def test_codegemma_bench_lists_the_benches(tmp_path):
