@@ -283,6 +283,18 @@ static void lin4_many(const void *const *w, int wtype, const xrow *xs, int M, in
     for (int m = 0; m < M; m++) lin4(w, wtype, &xs[m], K, out + 4 * m);
 }
 
+/* Gemma's GeGLU of M rows of N float32 values (gate, then up): out [M, N / 2] in type t =
+ * gelu_tanh(gate) * up, rounded to t after each step as PyTorch's would be. */
+static void geglu(const float *src, int M, int64_t N, void *out, int t) {
+    int64_t half = N / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < (int64_t)M * half; j++) {
+        int64_t m = j / half, n = j % half;
+        float g = rnd(src[m * N + n], t), u = rnd(src[m * N + half + n], t);
+        st(out, t, j, rnd(gelu_tanh(g), t) * u);
+    }
+}
+
 /* y[M, sum(Ns)] = x[M, K] . concat(W_0, ..., W_{n_w-1})^T, each W_i [Ns[i], K] of type wtype, int8 rows
  * multiplied by scales[i][row]. x and y are float32 or bfloat16 (xtype, ytype); x rows are `x_stride`
  * elements apart. With glu, the first half of the outputs is a gate and the second its values, and
@@ -341,13 +353,7 @@ int cg_linear(int n_w, const void *const *Ws, const float *const *scales, const 
     }
     if (failed) goto done;
     if (glu) {
-        int64_t half = N / 2;
-#pragma omp parallel for schedule(static)
-        for (int64_t j = 0; j < (int64_t)M * half; j++) {
-            int64_t m = j / half, n = j % half;
-            float g = rnd(yf[m * N + n], ytype), u = rnd(yf[m * N + half + n], ytype);
-            st(y, ytype, j, rnd(gelu_tanh(g), ytype) * u);
-        }
+        geglu(yf, M, N, y, ytype);
     } else if (yf != y) {
         for (size_t j = 0; j < (size_t)M * N; j++) ((uint16_t *)y)[j] = f32_to_bf16(yf[j]);
     }
@@ -574,15 +580,7 @@ int cg_lora(int M, int K, int64_t N, int n_seg, const int64_t *Ns, int R, const 
             y[(size_t)m * N + n] = acc;
         }
     }
-    if (glu) {
-        int64_t half = N / 2;
-#pragma omp parallel for schedule(static)
-        for (int64_t j = 0; j < (int64_t)M * half; j++) {
-            int64_t m = j / half, n = j % half;
-            float g = rnd(y[m * N + n], otype), u = rnd(y[m * N + half + n], otype);
-            st(out, otype, j, rnd(gelu_tanh(g), otype) * u);
-        }
-    }
+    if (glu) geglu(y, M, N, out, otype);
     free(t); free(xf); free(seg);
     return 0;
 }
