@@ -80,7 +80,7 @@ class TrainableAdapter(nn.Module):
     def __init__(self, model: Transformer, rank: int, alpha: float, ids: tuple[int, int, int, int]):
         super().__init__()
         self.config = AdapterConfig(base_signature(model), rank, alpha, ids)
-        self.ids = torch.tensor(ids)
+        self.register_buffer("ids", torch.tensor(ids), persistent=False)
         self.n_layers = model.cfg.n_layers
         self.lora = nn.ParameterDict()
         for i, layer in enumerate(model.model.layers):
@@ -97,9 +97,9 @@ class TrainableAdapter(nn.Module):
 
     def tensors(self) -> dict[str, Tensor]:
         """The adapter file's tensors (codegemma.adapter.lora's names), in bfloat16 (fim rows float32)."""
-        out = {f"layers.{i}.{name}.{part}": self.lora[f"layers_{i}_{name}_{part}"].detach().to(torch.bfloat16)
+        out = {f"layers.{i}.{name}.{part}": self.lora[f"layers_{i}_{name}_{part}"].detach().to("cpu", torch.bfloat16)
                for i in range(self.n_layers) for name in PROJECTIONS for part in "ab"}
-        out["fim_rows"] = self.fim_rows.detach().float()
+        out["fim_rows"] = self.fim_rows.detach().to("cpu", torch.float32)
         return out
 
 
@@ -119,11 +119,12 @@ def target_logits(model: Transformer, adapter: TrainableAdapter, tokens: Tensor,
     scale = adapter.config.scale
     dtype = model.model.embed_tokens.weight.dtype
     x = embed_with_rows(model.model.embed_tokens(tokens), tokens, adapter.ids, adapter.fim_rows)
-    x = x * torch.tensor(math.sqrt(cfg.d_model), dtype=dtype)
-    q_pos, k_pos = torch.arange(S)[:, None], torch.arange(S)[None, :]
+    device = tokens.device
+    x = x * torch.tensor(math.sqrt(cfg.d_model), dtype=dtype, device=device)
+    q_pos, k_pos = torch.arange(S, device=device)[:, None], torch.arange(S, device=device)[None, :]
     causal = k_pos <= q_pos
     masks = {False: causal, True: causal & (q_pos - k_pos < (cfg.sliding_window or S))}
-    ropes = {b: tuple(t.to(dtype) for t in rope_tables(cfg.head_dim, b, S)) for b in
+    ropes = {b: tuple(t.to(device, dtype) for t in rope_tables(cfg.head_dim, b, S)) for b in
              {cfg.rope_base_for(i) for i in range(cfg.n_layers)}}
     for i, layer in enumerate(model.model.layers):
         attn = layer.self_attn
@@ -152,8 +153,9 @@ def target_logits(model: Transformer, adapter: TrainableAdapter, tokens: Tensor,
 
 
 def example_loss(model: Transformer, adapter: TrainableAdapter, tokens: list[int], targets: list[bool]) -> Tensor:
-    t = torch.tensor([tokens])
-    mask = torch.tensor(targets)
+    device = adapter.fim_rows.device
+    t = torch.tensor([tokens], device=device)
+    mask = torch.tensor(targets, device=device)
     return F.cross_entropy(target_logits(model, adapter, t, mask), t[0, mask], reduction="sum")
 
 
@@ -214,12 +216,17 @@ def validate(model: Transformer, adapter: TrainableAdapter, val: ExampleStream, 
 
 
 def train(spec: str | None, out: Path, cfg: TrainConfig, minutes: float, resume: bool,
-          roots: list[Path] | None = None, checkpoint_minutes: float = 5.0, max_steps: int | None = None) -> Path:
+          roots: list[Path] | None = None, checkpoint_minutes: float = 5.0, max_steps: int | None = None,
+          device: str = "cpu") -> Path:
     """Train (or continue) an adapter in `out` for at most `minutes` of training (and at most `max_steps`
     optimizer steps in all); returns the path of adapter.safetensors."""
     torch.manual_seed(cfg.seed)
-    dtype = torch.bfloat16 if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() else torch.float32
+    if device == "cpu":  # bf16 where the CPU computes it (AVX-512 BF16, AMX), else float32
+        dtype = torch.bfloat16 if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() else torch.float32
+    else:
+        dtype = torch.bfloat16
     model, tokenizer = float_model(spec, dtype)
+    model.to(device)
     ids = unused_ids(tokenizer)
     docs = load_corpus(roots or default_roots())
     if len(docs) < 2:
@@ -228,7 +235,7 @@ def train(spec: str | None, out: Path, cfg: TrainConfig, minutes: float, resume:
     mix = Mix(max_tokens=cfg.max_tokens)
     stream = ExampleStream(train_docs, tokenizer, ids, cfg.seed, mix)
     val = ExampleStream(val_docs, tokenizer, ids, cfg.seed + 1, mix)
-    adapter = TrainableAdapter(model, cfg.rank, cfg.alpha, ids)
+    adapter = TrainableAdapter(model, cfg.rank, cfg.alpha, ids).to(device)
     params = [{"params": list(adapter.lora.values()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
               {"params": [adapter.fim_rows], "lr": cfg.row_lr, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(params, betas=(0.9, 0.99))
@@ -237,7 +244,7 @@ def train(spec: str | None, out: Path, cfg: TrainConfig, minutes: float, resume:
     log_path = out / "log.jsonl"
     if resume and (out / "checkpoint.pt").is_file():
         try:
-            state = torch.load(out / "checkpoint.pt", weights_only=True)
+            state = torch.load(out / "checkpoint.pt", weights_only=True, map_location=device)
             adapter.load_state_dict(state["adapter"])
             opt.load_state_dict(state["optimizer"])
         except (RuntimeError, KeyError, OSError) as e:
@@ -247,7 +254,8 @@ def train(spec: str | None, out: Path, cfg: TrainConfig, minutes: float, resume:
     elif log_path.exists():
         log_path.unlink()
     meta = {"base": adapter.config.base, "documents": len(docs), "train_documents": len(train_docs),
-            "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(), **asdict(cfg)}
+            "dtype": str(dtype).removeprefix("torch."), "device": device, "threads": torch.get_num_threads(),
+            **asdict(cfg)}
     (out / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"train: {len(train_docs)} files to train on, {len(val_docs)} held out; {meta['dtype']}, "
           f"{meta['threads']} threads; {minutes:g} min", file=sys.stderr)
@@ -321,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--step-tokens", type=int, default=TrainConfig.step_tokens)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to train (default: cuda when a GPU is there, else cpu)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps in all")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--source", type=Path, action="append", help="a folder of Python code to train on "
@@ -329,6 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     cfg = TrainConfig(rank=args.rank, alpha=2.0 * args.rank, lr=args.lr, step_tokens=args.step_tokens,
                       planned_tokens=args.tokens, seed=args.seed)
-    train(args.model, args.out, cfg, args.minutes, args.resume, args.source, max_steps=args.steps)
+    try:
+        train(args.model, args.out, cfg, args.minutes, args.resume, args.source, max_steps=args.steps,
+              device=args.device)
+    except OSError as error:
+        raise CodegemmaError(f"train-fim: {error}") from None
+    except KeyboardInterrupt:
+        print(f"\ntrain-fim: interrupted; `--resume --out {args.out}` continues from its last checkpoint "
+              "(written every 5 minutes)", file=sys.stderr)
+        return 130
     return 0
 
