@@ -125,8 +125,8 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
             tokenizer = attach(net, tokenizer, adapter_path)
             name += " +fim-adapter"
         except CheckpointError as error:
-            if adapter not in (None, "default") or os.environ.get("CODEGEMMA_ADAPTER"):
-                raise
+            if (adapter if adapter is not None else os.environ.get("CODEGEMMA_ADAPTER")) not in (None, "", "default"):
+                raise  # asked for by name or path: an error
             # the default adapter is an improvement, not a requirement: without it the model completes left to right
             print(f"codegemma: {error}; completing left to right without the FIM adapter", file=sys.stderr)
     draft_net = None

@@ -14,6 +14,7 @@ token only (on the window's tail for left-to-right ones).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import random
@@ -107,6 +108,7 @@ def split(docs: Sequence[Document], held_out: float, seed: int) -> tuple[list[Do
     return order[n:], order[:n]
 
 
+@functools.lru_cache(maxsize=1024)  # asked several times per example, of files up to 200 KB
 def _line_starts(text: str) -> list[int]:
     starts = [0]
     starts += [i + 1 for i, c in enumerate(text) if c == "\n" and i + 1 < len(text)]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from codegemma import kernels
@@ -77,11 +77,9 @@ def save_adapter(path: Path, config: AdapterConfig, tensors: dict[str, Tensor], 
 def read_adapter(path: Path) -> tuple[AdapterConfig, dict[str, Tensor]]:
     """The adapter file's config and tensors; a damaged or foreign file is a one-line CheckpointError."""
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
         ids = tuple(json.loads(meta["fim_ids"]))
         config = AdapterConfig(meta["base"], int(meta["rank"]), float(meta["alpha"]), ids,  # type: ignore[arg-type]
                                meta.get("order", "psm"))
@@ -89,8 +87,10 @@ def read_adapter(path: Path) -> tuple[AdapterConfig, dict[str, Tensor]]:
         raise CheckpointError(f"{path}: no such adapter file") from None
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: not a FIM adapter file ({type(e).__name__}: {e})") from None
-    if len(config.fim_ids) != 4 or "fim_rows" not in tensors or config.order not in ("psm", "spm"):
+    if len(config.fim_ids) != 4 or "fim_rows" not in tensors:
         raise CheckpointError(f"{path}: not a FIM adapter file (no FIM token rows)")
+    if config.order not in ("psm", "spm"):
+        raise CheckpointError(f"{path}: not a FIM adapter file (unknown prompt order {config.order!r})")
     return config, tensors
 
 
@@ -163,7 +163,7 @@ class FimHead(nn.Module):
         return logits if out_dtype is None else logits.to(out_dtype)
 
 
-def _shapes(model: Transformer) -> dict[str, tuple[int, int]]:
+def projection_shapes(model: Transformer) -> dict[str, tuple[int, int]]:
     """(out, in) of each projection the adapter updates."""
     c = model.cfg
     q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
@@ -179,7 +179,7 @@ def attach(model: Transformer, tokenizer: Tokenizer, path: Path) -> Tokenizer:
     config, tensors = read_adapter(path)
     if config.base != base_signature(model):
         raise CheckpointError(f"{path}: an adapter for {config.base}, not for this model ({base_signature(model)})")
-    shapes = _shapes(model)
+    shapes = projection_shapes(model)
     for i in range(model.cfg.n_layers):
         for name, (n_out, n_in) in shapes.items():
             a, b = tensors.get(f"layers.{i}.{name}.a"), tensors.get(f"layers.{i}.{name}.b")

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from codegemma.adapter.data import ExampleStream, Mix, default_roots, load_corpus, split
-from codegemma.adapter.lora import PROJECTIONS, AdapterConfig, base_signature, embed_with_rows, save_adapter, unused_ids
+from codegemma.adapter.lora import (PROJECTIONS, AdapterConfig, base_signature, embed_with_rows, projection_shapes,
+                                    save_adapter, unused_ids)
 from codegemma.checkpoint import empty_model, load_checkpoint
 from codegemma.errors import CheckpointError, CodegemmaError
 from codegemma.model import Transformer, rope_tables
@@ -83,13 +84,12 @@ class TrainableAdapter(nn.Module):
         self.register_buffer("ids", torch.tensor(ids), persistent=False)
         self.n_layers = model.cfg.n_layers
         self.lora = nn.ParameterDict()
-        for i, layer in enumerate(model.model.layers):
-            for name in PROJECTIONS:
-                linear = _projection(layer, name)
-                a = torch.empty(rank, linear.in_features)
+        for i in range(model.cfg.n_layers):
+            for name, (n_out, n_in) in projection_shapes(model).items():
+                a = torch.empty(rank, n_in)
                 nn.init.kaiming_uniform_(a, a=math.sqrt(5))
                 self.lora[f"layers_{i}_{name}_a"] = nn.Parameter(a)
-                self.lora[f"layers_{i}_{name}_b"] = nn.Parameter(torch.zeros(linear.out_features, rank))
+                self.lora[f"layers_{i}_{name}_b"] = nn.Parameter(torch.zeros(n_out, rank))
         self.fim_rows = nn.Parameter(model.model.embed_tokens.weight[self.ids].float().clone())
 
     def pair(self, layer: int, name: str) -> tuple[Tensor, Tensor]:
