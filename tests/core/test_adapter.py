@@ -267,3 +267,17 @@ def test_a_damaged_default_adapter_leaves_the_embedded_model_left_to_right(monke
     assert "completing left to right without the FIM adapter" in capsys.readouterr().err
     with pytest.raises(CheckpointError):  # asked for by name, it is an error
         codegemma.load(adapter=str(bad))
+
+
+def test_train_fim_refuses_an_unwritable_run_folder_in_one_line(trained, sources, tmp_path):
+    from codegemma.adapter.train import main
+
+    model_dir, _ = trained
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(CodegemmaError, match=r"^train-fim: .*file") as error:
+        main(["--model", str(model_dir), "--out", str(blocker / "run"), "--steps", "1", "--source", str(sources)])
+    assert "\n" not in str(error.value)
+    # the process goes on: the same command with a usable folder trains
+    assert main(["--model", str(model_dir), "--out", str(tmp_path / "run"), "--steps", "1", "--rank", "4",
+                 "--source", str(sources), "--tokens", "1000"]) == 0
