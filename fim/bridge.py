@@ -66,7 +66,7 @@ class AsyncCompletion:
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait up to `timeout` seconds for the worker; True when it is done. A cancelled caller cancels
         the completion."""
-        waiter = asyncio.wrap_future(self.future)
+        waiter = _wrap(self.future)
         try:
             await asyncio.wait({waiter}, timeout=timeout)
         except asyncio.CancelledError:
@@ -86,7 +86,7 @@ class AsyncCompletion:
 
     async def pieces(self) -> AsyncIterator[str]:
         """Text pieces as the engine makes them; ends when the completion is done (then call response())."""
-        waiter = asyncio.wrap_future(self.future)
+        waiter = _wrap(self.future)
         getter: asyncio.Future | None = None
         try:
             while True:
@@ -118,6 +118,16 @@ class AsyncCompletion:
                 self._loop.call_soon_threadsafe(self._pieces.put_nowait, piece)
             except RuntimeError:  # the event loop is gone (server shutting down): nobody to stream to
                 self._stop.set()
+
+
+def _wrap(future: Future) -> asyncio.Future:
+    """An asyncio view of the worker's Future. Callers read the outcome from the worker's Future itself, and
+    a view may be dropped while the worker still runs (a timed-out `wait`), so the view marks its exception
+    read when it settles: otherwise its garbage collection would log "Future exception was never retrieved"
+    with a traceback, at whatever moment the collector runs."""
+    waiter = asyncio.wrap_future(future)
+    waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return waiter
 
 
 EngineJob = Callable[[EngineProtocol, Callable[[str], None], Callable[[], bool]], Generation]

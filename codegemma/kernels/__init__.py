@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 SOURCES = [Path(__file__).with_name(name) for name in ("ops.c", "gguf.c")]
-HEADERS = [Path(__file__).with_name("numerics.h")]
+HEADERS = [Path(__file__).with_name(name) for name in ("numerics.h", "amx.h")]
 MAX_ROWS = 16
 # CODEGEMMA_KERNELS_MARCH: the -march target (default native); e.g. x86-64-v2 for a build without AVX-512
 # that may move between machines (the plain-C loops then run)
@@ -40,6 +40,7 @@ _TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
 _error = ""
 _disabled = 0
+_amx = False
 _build_lock = threading.Lock()  # server threads may ask at once; one builds, the others wait for it
 
 
@@ -132,6 +133,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_gguf_linear.argtypes = [i, p, p, p, p, i, i64, p, i, i, i64, i]
     lib.cg_gguf_dequantize.restype = i
     lib.cg_gguf_dequantize.argtypes = [p, i, i64, i64, i64, p, i]
+    lib.cg_gguf_amx.restype = i
+    lib.cg_gguf_amx.argtypes = [i]
+    # Q8_0 products on AMX tiles where the CPU and kernel allow (CODEGEMMA_AMX=0: never). Decided here, once
+    # per process, before any product: the two paths round differently.
+    global _amx
+    _amx = bool(lib.cg_gguf_amx(int(os.environ.get("CODEGEMMA_AMX", "1") != "0")))
     return lib
 
 
@@ -154,6 +161,11 @@ def _load() -> tuple[ctypes.CDLL | bool, str]:
         return _build(), ""
     except OSError as e:
         return False, str(e)
+
+
+def amx() -> bool:
+    """True when Q8_0 products run on AMX tiles (Sapphire Rapids and later; see amx.h)."""
+    return available() and _amx
 
 
 def unavailable_reason() -> str:

@@ -16,6 +16,7 @@
  * decoding of each unit, not any arithmetic, so speculative verification and batching give bit-identical
  * results to decoding one token at a time.
  */
+#define _DEFAULT_SOURCE /* syscall(): AMX's permission request (amx.h) */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -441,6 +442,8 @@ static inline __attribute__((always_inline)) void row_products(int type, const u
 }
 #endif
 
+#include "amx.h"
+
 /* row_products compiled once per type (the type a constant, so each gets its own decoding loop, and the
  * offset sums only where the format has offsets) and per number of input rows up to ROW_GROUP (a constant
  * too, so that the accumulators stay in registers). More rows go in groups of about equal size, each
@@ -499,6 +502,13 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
     float *yf = !y_bf16 && !glu ? (float *)y : (float *)malloc(sizeof(float) * (size_t)M * N);
     xprep xs[MAX_M];
     int failed = !buf || !yf;
+#ifdef GGUF_AMX
+    int amx = 0;
+    for (int i = 0; i < n_w; i++) amx |= amx_on && types[i] == G_Q8_0;
+    amx_input packed = {0};
+    void *packs = amx ? malloc((size_t)K * M * 2 + sizeof(float) * 16 * (size_t)units) : NULL;
+    failed |= amx && !packs;
+#endif
     if (failed) goto done;
     for (int r = 0; r < M; r++) {
         float *xf = buf + per_row * r;
@@ -510,15 +520,37 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         xs[r].sk = (float *)(xs[r].xk + K);
         prepare_row(&xs[r], K);
     }
+#ifdef GGUF_AMX
+    if (amx) {
+        packed.hi = (int8_t *)packs;
+        packed.lo = (uint8_t *)packs + K * M;
+        packed.sk = (float *)((uint8_t *)packs + 2 * K * M);
+        amx_pack(xs, M, K, &packed);
+    }
+#endif
 #pragma omp parallel
     {
         /* each thread an equal share of each matrix's rows, as a static schedule would give */
         int64_t offset = 0, t = omp_get_thread_num(), threads = omp_get_num_threads();
+#ifdef GGUF_AMX
+        if (amx) amx_configure(M);
+#endif
         for (int i = 0; i < n_w; i++) {
-            rows_for(types[i])((const uint8_t *)Ws[i], cg_row_bytes(types[i], K), Ns[i] * t / threads,
-                               Ns[i] * (t + 1) / threads, K, xs, M, yf + offset, N);
+            int64_t n0 = Ns[i] * t / threads, n1 = Ns[i] * (t + 1) / threads;
+#ifdef GGUF_AMX
+            if (amx && types[i] == G_Q8_0) {
+                amx_q8_rows((const uint8_t *)Ws[i], cg_row_bytes(types[i], K), n0, n1, K, xs, &packed, M,
+                            yf + offset, N);
+                offset += Ns[i];
+                continue;
+            }
+#endif
+            rows_for(types[i])((const uint8_t *)Ws[i], cg_row_bytes(types[i], K), n0, n1, K, xs, M, yf + offset, N);
             offset += Ns[i];
         }
+#ifdef GGUF_AMX
+        if (amx) _tile_release();
+#endif
     }
     if (glu) {
         int64_t half = N / 2;
@@ -535,6 +567,9 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         for (size_t j = 0; j < (size_t)M * N; j++) ((uint16_t *)y)[j] = f32_to_bf16(yf[j]);
     }
 done:
+#ifdef GGUF_AMX
+    free(packs);
+#endif
     if (yf != y) free(yf);
     free(buf);
     return failed ? -1 : 0;

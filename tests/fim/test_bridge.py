@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import threading
 
 import pytest
 
 from fim import CompletionOptions, CompletionRequest, CompletionService
-from fim.bridge import AsyncCompletion
+from fim.bridge import AsyncCompletion, AsyncEngineCall
 
 TEXT = "def add(a, b):\n    return a + b\n\n\ndef main():\n    "
 
@@ -75,3 +77,33 @@ def test_a_cancelled_waiter_cancels_the_completion_and_frees_the_worker(service)
         assert (await asyncio.wait_for(nxt.result(), 30)).stats.new_tokens <= 2
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failed_call_raises_once_and_logs_nothing_when_collected(service, caplog, stream):
+    # A failure must reach the caller through response() and nowhere else: an unread asyncio copy of it
+    # would log a traceback from the garbage collector at some later, arbitrary moment.
+    started, release = threading.Event(), threading.Event()
+
+    def job(engine, on_text, should_stop):
+        started.set()
+        release.wait(10)
+        raise ValueError("the engine failed")
+
+    async def scenario():
+        call = AsyncEngineCall(service, job, stream=stream)
+        call.submit()
+        assert await asyncio.to_thread(started.wait, 10)
+        assert not await call.wait(0.01)  # a timed-out wait leaves its view behind while the job runs
+        release.set()
+        if stream:
+            assert [piece async for piece in call.pieces()] == []
+        else:
+            assert await call.wait(10)
+        with pytest.raises(ValueError, match="the engine failed"):
+            call.response()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(scenario())
+        gc.collect()
+    assert "never retrieved" not in caplog.text
