@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 SOURCES = [Path(__file__).with_name(name) for name in ("ops.c", "gguf.c")]
-HEADERS = [Path(__file__).with_name(name) for name in ("numerics.h", "amx.h")]
+HEADERS = [Path(__file__).with_name(name) for name in ("numerics.h", "amx.h", "tiles.h")]
 MAX_ROWS = 16
 # CODEGEMMA_KERNELS_MARCH: the -march target (default native); e.g. x86-64-v2 for a build without AVX-512
 # that may move between machines (the plain-C loops then run)
@@ -133,12 +133,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_gguf_linear.argtypes = [i, p, p, p, p, i, i64, p, i, i, i64, i]
     lib.cg_gguf_dequantize.restype = i
     lib.cg_gguf_dequantize.argtypes = [p, i, i64, i64, i64, p, i]
-    lib.cg_gguf_amx.restype = i
-    lib.cg_gguf_amx.argtypes = [i]
-    # Q8_0 products on AMX tiles where the CPU and kernel allow (CODEGEMMA_AMX=0: never). Decided here, once
-    # per process, before any product: the two paths round differently.
+    lib.cg_amx.restype = i
+    lib.cg_amx.argtypes = [i]
+    # Q8_0 and bfloat16 products on AMX tiles where the CPU and kernel allow (CODEGEMMA_AMX=0: never).
+    # Decided here, once per process, before any product: the two paths round differently.
     global _amx
-    _amx = bool(lib.cg_gguf_amx(int(os.environ.get("CODEGEMMA_AMX", "1") != "0")))
+    _amx = bool(lib.cg_amx(int(os.environ.get("CODEGEMMA_AMX", "1") != "0")))
     return lib
 
 
@@ -164,7 +164,7 @@ def _load() -> tuple[ctypes.CDLL | bool, str]:
 
 
 def amx() -> bool:
-    """True when Q8_0 products run on AMX tiles (Sapphire Rapids and later; see amx.h)."""
+    """True when Q8_0 and bfloat16 products run on AMX tiles (Sapphire Rapids and later; amx.h, ops.c)."""
     return available() and _amx
 
 

@@ -1,4 +1,4 @@
-/* Q8_0 products on AMX tiles (Intel Sapphire Rapids and later), included by gguf.c.
+/* Q8_0, Q5_0 and Q4_0 products on AMX tiles (Intel Sapphire Rapids and later), included by gguf.c.
  *
  * Why: with 9 input rows (a token and 8 drafts to verify) the AVX-512 products are bound by arithmetic, not
  * by reading weights: each weight is multiplied by each row in its own vector instruction. One AMX
@@ -11,7 +11,7 @@
  *     acc = 0; for each unit u: acc = fma((float)dot_u, d_u * sk_g(u), acc)
  * so a row's result does not depend on its companions (speculative and batched greedy equal plain greedy).
  * The recipe differs from the AVX-512 path's rounding, so a process uses one path for all its Q8_0 products
- * (decided once, in cg_gguf_amx).
+ * (decided once, in cg_amx).
  */
 #ifndef CODEGEMMA_AMX_H
 #define CODEGEMMA_AMX_H
@@ -21,21 +21,19 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static int amx_on = 0;
+int cg_amx_on = 0; /* read by ops.c's bfloat16 products too */
+#define amx_on cg_amx_on
 
-/* Ask Linux for the tile state (each process must) and use AMX for Q8_0 products when `want` and granted.
- * Returns 1 when the products use AMX. Call before any product: the choice then holds for the process. */
-int cg_gguf_amx(int want) {
+/* Ask Linux for the tile state (each process must) and use AMX for Q8_0 and bfloat16 products when `want`
+ * and granted. Returns 1 when the products use AMX. Call before any product: the choice then holds for
+ * the process. */
+int cg_amx(int want) {
     /* ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA */
     amx_on = want && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
     return amx_on;
 }
 
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} __attribute__((packed)) tile_config;
+#include "tiles.h"
 
 /* tile registers (the intrinsics take literal numbers) */
 #define T_W 0
@@ -49,9 +47,7 @@ typedef struct {
 /* Tiles for M input rows: weights 16 rows x 32 bytes (one unit), inputs 8 x M groups of 4 bytes, products
  * 16 weight rows x M int32. Per thread: tile state belongs to the thread. */
 static void amx_configure(int M) {
-    tile_config c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
+    tile_config c = {.palette = 1};
     c.rows[T_W] = 16, c.colsb[T_W] = 32;
     c.rows[T_HI] = c.rows[T_LO] = 8, c.colsb[T_HI] = c.colsb[T_LO] = (uint16_t)(4 * M);
     for (int t = T_CHI; t <= T_CLO2; t++) c.rows[t] = 16, c.colsb[t] = (uint16_t)(4 * M);
@@ -59,12 +55,11 @@ static void amx_configure(int M) {
 }
 
 /* The M prepared input rows as tiles take them: for unit u, 4-value group j and row m, the 4 high bytes at
- * hi[((u * 8 + j) * M + m) * 4] (signed) and the low ones likewise in lo (unsigned); sk by group and row,
- * 16 lanes per group. */
+ * hi[((u * 8 + j) * M + m) * 4] (signed) and the low ones likewise in lo (unsigned). */
 typedef struct {
     int8_t *hi;
     uint8_t *lo;
-    float *sk; /* [groups][16] */
+    float *sk; /* [groups][16 M]: group i's input scale of row j % M at [i][j], as the lanes take them */
     int64_t per_group; /* units per input scale */
 } amx_input;
 
@@ -81,26 +76,44 @@ static void amx_pack(const xprep *x, int M, int64_t K, amx_input *a) {
                     a->lo[at] = (uint8_t)(v & 0xFF);
                 }
     for (int64_t i = 0; i < K / g; i++)
-        for (int m = 0; m < 16; m++) a->sk[i * 16 + m] = m < M ? x[m].sk[i] : 0.0f;
+        for (int j = 0; j < 16 * M; j++) a->sk[i * 16 * M + j] = x[j % M].sk[i];
 }
 
-/* A tile reads 16 short rows across: no stream a hardware prefetcher would follow. Fetch the next tile's
- * bytes (contiguous) a share per unit instead. */
-static inline __attribute__((always_inline)) void prefetch_next_tile(const uint8_t *W, int64_t bytes, int64_t u,
-                                                                     int64_t units) {
-    int64_t lines = (16 * bytes + 63) / 64, per = (lines + units - 1) / units;
-    for (int64_t l = u * per; l < (u + 1) * per && l < lines; l++)
-        _mm_prefetch((const char *)W + 16 * bytes + l * 64, _MM_HINT_T0);
+/* The AMX formats: one float scale d per 32-weight unit at the start of its block, weights small integers
+ * (Q8_0: q; Q5_0: q - 16; Q4_0: q - 8). */
+static inline int amx_type(int type) { return type == G_Q8_0 || type == G_Q5_0 || type == G_Q4_0; }
+
+/* Unit u of 16 weight rows (`bytes` apart from W) as int8, 32 per row, `*stride` bytes apart: Q8_0's own
+ * bytes, the packed formats decoded into buf [16][32]. */
+static inline __attribute__((always_inline)) const uint8_t *amx_stage(int type, const uint8_t *W, int64_t bytes,
+                                                                      int64_t u, uint8_t *buf, int64_t *stride) {
+    if (type == G_Q8_0) {
+        *stride = bytes;
+        return W + u * 34 + 2;
+    }
+    *stride = 32;
+    for (int n = 0; n < 16; n++) {
+        const uint8_t *b = W + n * bytes + u * block_bytes(type);
+        __m256i q = type == G_Q5_0
+            ? _mm256_sub_epi8(_mm256_or_si256(nibbles16(b + 6), _mm256_maskz_mov_epi8(rd32(b + 2), _mm256_set1_epi8(0x10))),
+                              _mm256_set1_epi8(16))
+            : _mm256_sub_epi8(nibbles16(b + 2), _mm256_set1_epi8(8));
+        _mm256_storeu_si256((__m256i *)(buf + 32 * n), q);
+    }
+    return buf;
 }
 
-/* Start the exact int32 dot products of unit u for 16 weight rows (`bytes` apart from W) and the M input
- * rows, into c[n * stride / 4 + m] (hi) and c[256 + n * stride / 4 + m] (lo). Even and odd units use their own product
+/* the d of unit u of 16 rows: a 32-bit gather at each block's start (`at`: the rows' offsets), its low half */
+static inline __attribute__((always_inline)) __m512 amx_scales(int type, const uint8_t *W, int64_t u, __m512i at) {
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(at, W + u * block_bytes(type), 1)));
+}
+
+/* Start the exact int32 dot products of the 16 staged weight rows q (`stride` apart) of unit u with the M
+ * input rows, into c[n * M + m] (hi) and c[256 + n * M + m] (lo). Even and odd units use their own product
  * tiles, so that one unit's products run while the previous unit's are read back. */
-static inline __attribute__((always_inline)) void amx_unit(const uint8_t *W, int64_t bytes, int64_t u,
-                                                           int64_t units, const amx_input *a, int M, int32_t *c,
-                                                           int stride) {
-    prefetch_next_tile(W, bytes, u, units);
-    _tile_loadd(T_W, W + u * 34 + 2, bytes);
+static inline __attribute__((always_inline)) void amx_unit(const uint8_t *q, int64_t stride, int64_t u,
+                                                           const amx_input *a, int M, int32_t *c) {
+    _tile_loadd(T_W, q, stride);
     _tile_loadd(T_HI, a->hi + u * 32 * M, 4 * M);
     _tile_loadd(T_LO, a->lo + u * 32 * M, 4 * M);
     if (u & 1) {
@@ -108,24 +121,24 @@ static inline __attribute__((always_inline)) void amx_unit(const uint8_t *W, int
         _tile_zero(T_CLO2);
         _tile_dpbssd(T_CHI2, T_W, T_HI);
         _tile_dpbsud(T_CLO2, T_W, T_LO);
-        _tile_stored(T_CHI2, c, stride);
-        _tile_stored(T_CLO2, c + 256, stride);
+        _tile_stored(T_CHI2, c, 4 * M);
+        _tile_stored(T_CLO2, c + 256, 4 * M);
     } else {
         _tile_zero(T_CHI);
         _tile_zero(T_CLO);
         _tile_dpbssd(T_CHI, T_W, T_HI);
         _tile_dpbsud(T_CLO, T_W, T_LO);
-        _tile_stored(T_CHI, c, stride);
-        _tile_stored(T_CLO, c + 256, stride);
+        _tile_stored(T_CHI, c, 4 * M);
+        _tile_stored(T_CLO, c + 256, 4 * M);
     }
 }
 
-/* the exact dot products of 32 int8 weights at q, q + bytes, ... (16 rows) with 32 int16 inputs xk, as 16
+/* the exact dot products of 32 int8 weights at q, q + stride, ... (16 rows) with 32 int16 inputs xk, as 16
  * lanes: each row's 16 pairwise sums, then a transposing tree of additions (integers: any order is exact) */
-static inline __attribute__((always_inline)) __m512i avx512_dots16(const uint8_t *q, int64_t bytes, __m512i xk) {
+static inline __attribute__((always_inline)) __m512i avx512_dots16(const uint8_t *q, int64_t stride, __m512i xk) {
     __m512i v[16];
     for (int n = 0; n < 16; n++)
-        v[n] = _mm512_madd_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(q + n * bytes))), xk);
+        v[n] = _mm512_madd_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(q + n * stride))), xk);
     /* per 128-bit lane: 16 rows of 4 -> 8 vectors of (row pairs) -> 4 vectors of 4 rows' lane sums */
     for (int n = 0; n < 8; n++)
         v[n] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * n], v[2 * n + 1]), _mm512_unpackhi_epi32(v[2 * n], v[2 * n + 1]));
@@ -137,90 +150,123 @@ static inline __attribute__((always_inline)) __m512i avx512_dots16(const uint8_t
     return _mm512_add_epi32(_mm512_shuffle_i32x4(v[0], v[1], 0x88), _mm512_shuffle_i32x4(v[0], v[1], 0xDD));
 }
 
+/* amx_tile for M from 2 up, always inlined with M a constant so that the accumulators stay in registers */
+static inline __attribute__((always_inline)) void amx_many(int type, const uint8_t *W, int64_t bytes, int64_t units,
+                                                           const amx_input *a, const int M, float *y, int64_t ldy,
+                                                           __m512i at) {
+    /* Lanes are (weight row, input row) pairs, the products stored M apart: 16 weight rows x M input rows
+     * fill M vectors, lane l of vector v holding weight row (16 v + l) / M and input row (16 v + l) % M. */
+    __m512 acc[16];
+    __m512i rows_of[16];
+    int32_t c[2][512];
+    uint8_t buf[16 * 32];
+    int64_t stride;
+    for (int v = 0; v < M; v++) {
+        acc[v] = _mm512_setzero_ps();
+        int32_t idx[16];
+        for (int l = 0; l < 16; l++) idx[l] = (16 * v + l) / M;
+        rows_of[v] = _mm512_loadu_si512(idx);
+    }
+    /* unit u's products are read back while unit u + 1's run (reading them later measured no faster) */
+    for (int64_t u = 0; u < units + 1; u++) {
+        if (u < units) {
+            prefetch_next_tile(W, bytes, u, units);
+            const uint8_t *q = amx_stage(type, W, bytes, u, buf, &stride); /* before stride is read */
+            amx_unit(q, stride, u, a, M, c[u % (2)]);
+        }
+        if (u < 1) continue;
+        int64_t r = u - 1;
+        const int32_t *chi = c[r % (2)], *clo = chi + 256;
+        const float *sk = a->sk + r / a->per_group * 16 * M;
+        __m512 d = amx_scales(type, W, r, at);
+        for (int v = 0; v < M; v++) {
+            __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(chi + 16 * v), 8),
+                                           _mm512_loadu_si512(clo + 16 * v));
+            __m512 coef = _mm512_mul_ps(_mm512_permutexvar_ps(rows_of[v], d), _mm512_loadu_ps(sk + 16 * v));
+            acc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), coef, acc[v]);
+        }
+    }
+    for (int v = 0; v < M; v++) {
+        float out[16];
+        _mm512_storeu_ps(out, acc[v]);
+        for (int l = 0; l < 16; l++) y[(16 * v + l) % M * ldy + (16 * v + l) / M] = out[l];
+    }
+}
+
 /* 16 weight rows from W times the M input rows into y[m * ldy + n] */
-static void amx_q8_tile(const uint8_t *W, int64_t bytes, int64_t units, const xprep *x, const amx_input *a, int M,
-                        float *y, int64_t ldy) {
-    /* the d of unit u of the 16 rows: a 32-bit gather at each block's start, its low half */
+static inline __attribute__((always_inline)) void amx_tile(int type, const uint8_t *W, int64_t bytes, int64_t units,
+                                                           const xprep *x, const amx_input *a, int M, float *y,
+                                                           int64_t ldy) {
     const __m512i at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32((int)bytes));
     if (M == 1) { /* lanes are weight rows; one input row is bound by reading weights: AVX-512 does */
         __m512 acc = _mm512_setzero_ps();
+        uint8_t buf[16 * 32];
+        int64_t stride;
         for (int64_t u = 0; u < units; u++) {
             prefetch_next_tile(W, bytes, u, units);
-            __m512i dot = avx512_dots16(W + u * 34 + 2, bytes, _mm512_loadu_si512((const void *)(x->xk + u * UNIT)));
-            __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(at, W + u * 34, 1)));
-            __m512 coef = _mm512_mul_ps(d, _mm512_set1_ps(a->sk[u / a->per_group * 16]));
+            const uint8_t *q = amx_stage(type, W, bytes, u, buf, &stride);
+            __m512i dot = avx512_dots16(q, stride, _mm512_loadu_si512((const void *)(x->xk + u * UNIT)));
+            __m512 coef = _mm512_mul_ps(amx_scales(type, W, u, at), _mm512_set1_ps(a->sk[u / a->per_group * 16]));
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), coef, acc);
         }
         _mm512_storeu_ps(y, acc);
         return;
     }
-    /* Lanes are (weight row, input row) pairs: P lanes per weight row, P the power of two from M up, 16 / P
-     * weight rows per vector, the products stored P apart. */
-    int P = 2;
-    while (P < M) P *= 2;
-    const int V = P; /* vectors: 16 weight rows x P lanes */
-    __m512 acc[16], sk = _mm512_setzero_ps();
-    __m512i rows_of[16];
-    int32_t c[2][512];
-    for (int v = 0; v < V; v++) {
-        acc[v] = _mm512_setzero_ps();
-        int32_t idx[16];
-        for (int l = 0; l < 16; l++) idx[l] = v * (16 / P) + l / P;
-        rows_of[v] = _mm512_loadu_si512(idx);
-    }
-    int64_t group = -1;
-    amx_unit(W, bytes, 0, units, a, M, c[0], 4 * P);
-    for (int64_t u = 0; u < units; u++) {
-        if (u + 1 < units) amx_unit(W, bytes, u + 1, units, a, M, c[(u + 1) & 1], 4 * P);
-        if (u / a->per_group != group) { /* each lane's input scale, input row = lane % P */
-            group = u / a->per_group;
-            float s[16];
-            for (int l = 0; l < 16; l++) s[l] = a->sk[group * 16 + l % P];
-            sk = _mm512_loadu_ps(s);
-        }
-        const int32_t *chi = c[u & 1], *clo = chi + 256;
-        __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(at, W + u * 34, 1)));
-        for (int v = 0; v < V; v++) {
-            __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(chi + 16 * v), 8),
-                                           _mm512_loadu_si512(clo + 16 * v));
-            __m512 coef = _mm512_mul_ps(_mm512_permutexvar_ps(rows_of[v], d), sk);
-            acc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), coef, acc[v]);
-        }
-    }
-    for (int v = 0; v < V; v++) {
-        float out[16];
-        _mm512_storeu_ps(out, acc[v]);
-        for (int l = 0; l < 16; l++)
-            if (l % P < M) y[(l % P) * ldy + v * (16 / P) + l / P] = out[l];
+    switch (M) {
+#define AMX_MANY(m) \
+    case m: amx_many(type, W, bytes, units, a, m, y, ldy, at); break;
+        AMX_MANY(2) AMX_MANY(3) AMX_MANY(4) AMX_MANY(5) AMX_MANY(6) AMX_MANY(7) AMX_MANY(8) AMX_MANY(9)
+        AMX_MANY(10) AMX_MANY(11) AMX_MANY(12) AMX_MANY(13) AMX_MANY(14) AMX_MANY(15) AMX_MANY(16)
+#undef AMX_MANY
     }
 }
 
 /* one weight row by the recipe above, in scalar code: rows past the last whole tile */
-static void amx_q8_row(const uint8_t *row, int64_t units, const xprep *x, const amx_input *a, int M, float *y,
-                       int64_t ldy) {
+static void amx_row(int type, const uint8_t *row, int64_t units, const xprep *x, const amx_input *a, int M, float *y,
+                    int64_t ldy) {
     for (int m = 0; m < M; m++) {
         float acc = 0.0f;
         for (int64_t u = 0; u < units; u++) {
-            const uint8_t *b = row + u * 34;
+            int16_t q[UNIT];
+            float d, offset;
+            unit_scalar(type, row, u, q, &d, &offset);
             int32_t dot = 0;
-            for (int i = 0; i < UNIT; i++) dot += (int32_t)(int8_t)b[2 + i] * x[m].xk[u * UNIT + i];
-            float coef = half_to_f32(rd16(b)) * a->sk[u / a->per_group * 16 + m];
-            acc = fmaf((float)dot, coef, acc);
+            for (int i = 0; i < UNIT; i++) dot += (int32_t)q[i] * x[m].xk[u * UNIT + i];
+            acc = fmaf((float)dot, d * a->sk[u / a->per_group * 16 * M + m], acc);
         }
         y[m * ldy] = acc;
     }
 }
 
-/* weight rows [n0, n1) of a Q8_0 matrix times the M input rows into y[m * ldy + n] */
-static void amx_q8_rows(const uint8_t *W, int64_t bytes, int64_t n0, int64_t n1, int64_t K, const xprep *x,
-                        const amx_input *a, int M, float *y, int64_t ldy) {
+/* weight rows [n0, n1) of a matrix in an AMX format times the M input rows into y[m * ldy + n]; the type a
+ * constant in each copy (amx_rows_for), as in the AVX-512 products */
+static inline __attribute__((always_inline)) void amx_rows(int type, const uint8_t *W, int64_t bytes, int64_t n0,
+                                                           int64_t n1, int64_t K, const xprep *x, const amx_input *a,
+                                                           int M, float *y, int64_t ldy) {
     int64_t units = K / UNIT, n = n0;
-    for (; n + 16 <= n1; n += 16) amx_q8_tile(W + n * bytes, bytes, units, x, a, M, y + n, ldy);
-    for (; n < n1; n++) amx_q8_row(W + n * bytes, units, x, a, M, y + n, ldy);
+    for (; n + 16 <= n1; n += 16) amx_tile(type, W + n * bytes, bytes, units, x, a, M, y + n, ldy);
+    for (; n < n1; n++) amx_row(type, W + n * bytes, units, x, a, M, y + n, ldy);
+}
+
+typedef void (*amx_rows_fn)(const uint8_t *W, int64_t bytes, int64_t n0, int64_t n1, int64_t K, const xprep *x,
+                            const amx_input *a, int M, float *y, int64_t ldy);
+#define AMX_ROWS_FOR(T)                                                                                         \
+    static void amx_rows_##T(const uint8_t *W, int64_t bytes, int64_t n0, int64_t n1, int64_t K, const xprep *x, \
+                             const amx_input *a, int M, float *y, int64_t ldy) {                                \
+        amx_rows(T, W, bytes, n0, n1, K, x, a, M, y, ldy);                                                      \
+    }
+AMX_ROWS_FOR(G_Q8_0)
+AMX_ROWS_FOR(G_Q5_0)
+AMX_ROWS_FOR(G_Q4_0)
+#undef AMX_ROWS_FOR
+
+static amx_rows_fn amx_rows_for(int type) {
+    return type == G_Q8_0 ? amx_rows_G_Q8_0 : type == G_Q5_0 ? amx_rows_G_Q5_0 : amx_rows_G_Q4_0;
 }
 #else
-int cg_gguf_amx(int want) {
+int cg_amx_on = 0;
+int cg_amx(int want) {
     (void)want;
     return 0;
 }

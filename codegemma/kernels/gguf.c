@@ -504,9 +504,9 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
     int failed = !buf || !yf;
 #ifdef GGUF_AMX
     int amx = 0;
-    for (int i = 0; i < n_w; i++) amx |= amx_on && types[i] == G_Q8_0;
+    for (int i = 0; i < n_w; i++) amx |= amx_on && amx_type(types[i]);
     amx_input packed = {0};
-    void *packs = amx ? malloc((size_t)K * M * 2 + sizeof(float) * 16 * (size_t)units) : NULL;
+    void *packs = amx ? malloc((size_t)K * M * 2 + sizeof(float) * 16 * (size_t)M * units) : NULL;
     failed |= amx && !packs;
 #endif
     if (failed) goto done;
@@ -538,9 +538,9 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         for (int i = 0; i < n_w; i++) {
             int64_t n0 = Ns[i] * t / threads, n1 = Ns[i] * (t + 1) / threads;
 #ifdef GGUF_AMX
-            if (amx && types[i] == G_Q8_0) {
-                amx_q8_rows((const uint8_t *)Ws[i], cg_row_bytes(types[i], K), n0, n1, K, xs, &packed, M,
-                            yf + offset, N);
+            if (amx && amx_type(types[i])) {
+                amx_rows_for(types[i])((const uint8_t *)Ws[i], cg_row_bytes(types[i], K), n0, n1, K, xs, &packed, M,
+                                       yf + offset, N);
                 offset += Ns[i];
                 continue;
             }

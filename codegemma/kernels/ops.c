@@ -15,6 +15,7 @@
  * the compiler targets them, plain C otherwise.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -295,6 +296,102 @@ static void geglu(const float *src, int M, int64_t N, void *out, int t) {
     }
 }
 
+#if defined(__AVX512F__) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define HAVE_AMX_BF16 1
+#include "tiles.h"
+/* bfloat16 products on AMX tiles (Sapphire Rapids and later; turned on once per process by cg_amx in
+ * gguf.c). For bfloat16 weights and activations: each step multiplies 16 weight rows by up to 16 input
+ * rows over 32 values, products exact and sums in float32 in the tile, K in steps of 32 in order. Every
+ * output is computed the same way whatever the number of rows, so one input row goes through the tiles
+ * too (it is bound by reading weights either way). The sums round differently from lin4_bf16's, hence the
+ * one choice per process. Tiles: 0 the inputs, 1 and 2 weights, 3 and 4 sums (two row blocks in flight). */
+static void amx_bf16_configure(int M) {
+    tile_config c = {.palette = 1};
+    c.rows[0] = 16, c.colsb[0] = (uint16_t)(4 * M);
+    for (int t = 1; t <= 2; t++) c.rows[t] = 16, c.colsb[t] = 64;
+    for (int t = 3; t <= 4; t++) c.rows[t] = 16, c.colsb[t] = (uint16_t)(4 * M);
+    _tile_loadconfig(&c);
+}
+
+/* the M input rows as the tiles take them: for step s, pair p and row m, x[m][32 s + 2 p + 0..1] */
+static void amx_bf16_pack(const uint16_t *x, int64_t x_stride, int M, int K, uint16_t *out) {
+    for (int s = 0; s < K / 32; s++)
+        for (int p = 0; p < 16; p++)
+            for (int m = 0; m < M; m++)
+                for (int j = 0; j < 2; j++) out[((s * 16 + p) * M + m) * 2 + j] = x[m * x_stride + 32 * s + 2 * p + j];
+}
+
+/* rows [0, 32) (or [0, 16) when !two) of W times the inputs into c[n * 16 + m] */
+static void amx_bf16_rows32(const uint16_t *W, int K, const uint16_t *xp, int M, int two, float *c) {
+    int64_t bytes = 2 * (int64_t)K, steps = K / 32;
+    _tile_zero(3);
+    _tile_zero(4);
+    for (int64_t s = 0; s < steps; s++) {
+        prefetch_next_tile(W + (two ? 16 * (int64_t)K : 0), bytes, s, steps);
+        _tile_loadd(0, xp + s * 32 * M, 4 * M);
+        _tile_loadd(1, W + 32 * s, bytes);
+        _tile_dpbf16ps(3, 1, 0);
+        if (two) {
+            _tile_loadd(2, W + 16 * (int64_t)K + 32 * s, bytes);
+            _tile_dpbf16ps(4, 2, 0);
+        }
+    }
+    _tile_stored(3, c, 64);
+    if (two) _tile_stored(4, c + 256, 64);
+}
+
+/* rows [n0, n1) of W [*, K] times the inputs into y[m * ldy + n]; a last block of fewer than 16 rows goes
+ * through the same tiles from a zero-padded copy */
+static int amx_bf16_rows(const uint16_t *W, int64_t n0, int64_t n1, int K, const uint16_t *xp, int M, float *y,
+                         int64_t ldy) {
+    float c[512];
+    int64_t n = n0;
+    for (; n + 16 <= n1; n += 32) {
+        int two = n + 32 <= n1;
+        amx_bf16_rows32(W + n * K, K, xp, M, two, c);
+        for (int r = 0; r < (two ? 32 : 16); r++)
+            for (int m = 0; m < M; m++) y[m * ldy + n + r] = c[r * 16 + m];
+        if (!two) n -= 16;
+    }
+    if (n < n1) {
+        uint16_t *pad = (uint16_t *)calloc(16 * (size_t)K, 2);
+        if (!pad) return -1;
+        memcpy(pad, W + n * K, (size_t)(n1 - n) * K * 2);
+        amx_bf16_rows32(pad, K, xp, M, 0, c);
+        for (int r = 0; r < n1 - n; r++)
+            for (int m = 0; m < M; m++) y[m * ldy + n + r] = c[r * 16 + m];
+        free(pad);
+    }
+    return 0;
+}
+
+/* cg_linear's products for bfloat16 weights and inputs: y[M, N] (float32), each thread an equal share of
+ * each matrix's rows. Returns 0 or -1 when out of memory. */
+static int amx_bf16_linear(int n_w, const void *const *Ws, const int64_t *Ns, int64_t N, const uint16_t *x,
+                           int64_t x_stride, int M, int K, float *y) {
+    uint16_t *xp = (uint16_t *)malloc((size_t)K * M * 2);
+    if (!xp) return -1;
+    amx_bf16_pack(x, x_stride, M, K, xp);
+    int failed = 0;
+#pragma omp parallel
+    {
+        int64_t offset = 0, t = omp_get_thread_num(), threads = omp_get_num_threads();
+        amx_bf16_configure(M);
+        for (int i = 0; i < n_w; i++) {
+            if (amx_bf16_rows((const uint16_t *)Ws[i], Ns[i] * t / threads, Ns[i] * (t + 1) / threads, K, xp, M,
+                              y + offset, N)) {
+#pragma omp atomic write
+                failed = 1;
+            }
+            offset += Ns[i];
+        }
+        _tile_release();
+    }
+    free(xp);
+    return failed ? -1 : 0;
+}
+#endif
+
 /* y[M, sum(Ns)] = x[M, K] . concat(W_0, ..., W_{n_w-1})^T, each W_i [Ns[i], K] of type wtype, int8 rows
  * multiplied by scales[i][row]. x and y are float32 or bfloat16 (xtype, ytype); x rows are `x_stride`
  * elements apart. With glu, the first half of the outputs is a gate and the second its values, and
@@ -322,6 +419,12 @@ int cg_linear(int n_w, const void *const *Ws, const float *const *scales, const 
         prepare(xr, wtype, K);
     }
     size_t wsize = wtype == T_BF16 ? 2 : wtype == T_I8 ? 1 : 4;
+#ifdef HAVE_AMX_BF16
+    if (cg_amx_on && wtype == T_BF16 && xtype == T_BF16 && K % 32 == 0) {
+        failed = amx_bf16_linear(n_w, Ws, Ns, N, (const uint16_t *)x, x_stride, M, K, yf);
+        goto products_done;
+    }
+#endif
 #pragma omp parallel
     {
         void *wbuf = M > 1 ? malloc(sizeof(float) * 4 * (size_t)K) : NULL;
@@ -351,6 +454,9 @@ int cg_linear(int n_w, const void *const *Ws, const float *const *scales, const 
         free(wbuf);
         free(dots);
     }
+#ifdef HAVE_AMX_BF16
+products_done:
+#endif
     if (failed) goto done;
     if (glu) {
         geglu(yf, M, N, y, ytype);

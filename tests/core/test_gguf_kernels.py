@@ -3,6 +3,10 @@ float product, on random blocks including edge values, for 1 to 16 input rows.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +108,45 @@ def test_bad_shapes_are_refused():
     weights = kernels.GGUFWeights([raw], [int(Q.Q8_0)], 32)
     with pytest.raises(ValueError, match="refused"):
         weights(torch.zeros(17, 32))  # more rows than the native products take
+
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next(l for l in f if l.startswith("flags"))
+    except (OSError, StopIteration):
+        return set()
+    return set(line.split(":", 1)[1].split())
+
+
+_PRODUCT = """
+import sys, numpy as np, torch
+from codegemma import kernels
+raw, x = np.load(sys.argv[1]), torch.from_numpy(np.load(sys.argv[2]))
+print(kernels.amx())
+np.save(sys.argv[3], kernels.GGUFWeights([torch.from_numpy(raw)], [8], x.shape[1])(x).numpy())
+"""
+
+
+@pytest.mark.skipif("amx_int8" not in _cpu_flags(), reason="this CPU has no AMX")
+@pytest.mark.skipif(os.environ.get("CODEGEMMA_AMX", "1") == "0", reason="AMX turned off (CODEGEMMA_AMX=0)")
+def test_q8_0_products_use_amx_where_the_cpu_has_it(tmp_path):
+    # A silent fallback would keep every result right and lose the speed. The AVX-512 path (CODEGEMMA_AMX=0)
+    # gives the same products to float rounding; the choice holds for a process, so it runs in its own.
+    assert kernels.amx()
+    rng = np.random.default_rng(3)
+    n, k = 53, 640
+    raw = random_blocks(Q.Q8_0, n, k, rng)
+    x = torch.randn(9, k)
+    np.save(tmp_path / "raw.npy", raw)
+    np.save(tmp_path / "x.npy", x.numpy())
+    env = {**os.environ, "CODEGEMMA_AMX": "0"}
+    run = subprocess.run([sys.executable, "-c", _PRODUCT, *(str(tmp_path / f) for f in ("raw.npy", "x.npy", "y.npy"))],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.split() == ["False"], run.stderr
+    other = torch.from_numpy(np.load(tmp_path / "y.npy"))
+    got = kernels.GGUFWeights([torch.from_numpy(raw)], [int(Q.Q8_0)], k)(x)
+    w = torch.from_numpy(dequantize(raw, Q.Q8_0).astype(np.float64))
+    scale = (x.double().abs() @ w.abs().t()).clamp_min(1e-6)
+    assert ((got.double() - other.double()).abs() / scale).max() < 1e-5

@@ -49,6 +49,20 @@ def test_products_match_torch(wdtype, rows):
     assert torch.equal(native(x)[rows - 1:], native(x[rows - 1:]))
 
 
+
+def test_bf16_rows_by_bf16_weights_are_row_independent():
+    # K a multiple of 32 and bf16 both sides: the path AMX machines take (tiles, float32 sums in the tile);
+    # 37 + 21 rows leave blocks of 16 and 32 short in each thread's share
+    gen = torch.Generator().manual_seed(7)
+    mats = [torch.randn(37, 96, generator=gen).bfloat16(), torch.randn(21, 96, generator=gen).bfloat16()]
+    native = kernels.Weights(mats)
+    x = torch.randn(16, 96, generator=gen).bfloat16()
+    full = native(x, torch.float32)
+    _close(full, x.float() @ torch.cat(mats).float().T, 1e-5)
+    for m in (1, 2, 9):
+        assert torch.equal(native(x[:m], torch.float32), full[:m])
+    assert torch.equal(native(x[11:12], torch.float32), full[11:12])
+
 def native_weights_f32(native: kernels.Weights) -> torch.Tensor:
     if native.scales is None:
         return torch.cat([m.float() for m in native.mats])
