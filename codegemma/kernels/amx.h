@@ -9,6 +9,7 @@
  * for every (weight row, input row) pair. Each output then follows one scalar recipe, whatever the number
  * of rows and however the lanes are laid out:
  *     acc = 0; for each unit u: acc = fma((float)dot_u, d_u * sk_g(u), acc)
+ * (Q4_K adds its offsets: moff = fma(m_u, xsum_u, moff) beside acc, and the result is acc + moff)
  * so a row's result does not depend on its companions (speculative and batched greedy equal plain greedy).
  * The recipe differs from the AVX-512 path's rounding, so a process uses one path for all its Q8_0 products
  * (decided once, in cg_amx).
@@ -60,6 +61,7 @@ typedef struct {
     int8_t *hi;
     uint8_t *lo;
     float *sk; /* [groups][16 M]: group i's input scale of row j % M at [i][j], as the lanes take them */
+    float *xs; /* [units][16 M]: unit u's input sum of row j % M at [u][j] (Q4_K's offsets) */
     int64_t per_group; /* units per input scale */
 } amx_input;
 
@@ -77,11 +79,13 @@ static void amx_pack(const xprep *x, int M, int64_t K, amx_input *a) {
                 }
     for (int64_t i = 0; i < K / g; i++)
         for (int j = 0; j < 16 * M; j++) a->sk[i * 16 * M + j] = x[j % M].sk[i];
+    for (int64_t u = 0; u < units; u++)
+        for (int j = 0; j < 16 * M; j++) a->xs[u * 16 * M + j] = x[j % M].xs[u];
 }
 
-/* The AMX formats: one float scale d per 32-weight unit at the start of its block, weights small integers
- * (Q8_0: q; Q5_0: q - 16; Q4_0: q - 8). */
-static inline int amx_type(int type) { return type == G_Q8_0 || type == G_Q5_0 || type == G_Q4_0; }
+/* The AMX formats: a float scale d per 32-weight unit and weights small integers (Q8_0: q; Q5_0: q - 16;
+ * Q4_0: q - 8; Q4_K: q in 0..15, d = superblock d x the unit's 6-bit scale, plus an offset m per unit). */
+static inline int amx_type(int type) { return type == G_Q8_0 || type == G_Q5_0 || type == G_Q4_0 || type == G_Q4_K; }
 
 /* Unit u of 16 weight rows (`bytes` apart from W) as int8, 32 per row, `*stride` bytes apart: Q8_0's own
  * bytes, the packed formats decoded into buf [16][32]. */
@@ -93,6 +97,14 @@ static inline __attribute__((always_inline)) const uint8_t *amx_stage(int type, 
     }
     *stride = 32;
     for (int n = 0; n < 16; n++) {
+        if (type == G_Q4_K) {
+            const uint8_t *b = W + n * bytes + (u / 8) * 144;
+            int j = (int)(u % 8);
+            __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * (j / 2)));
+            _mm256_storeu_si256((__m256i *)(buf + 32 * n),
+                                _mm256_and_si256(j & 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0xF)));
+            continue;
+        }
         const uint8_t *b = W + n * bytes + u * block_bytes(type);
         __m256i q = type == G_Q5_0
             ? _mm256_sub_epi8(_mm256_or_si256(nibbles16(b + 6), _mm256_maskz_mov_epi8(rd32(b + 2), _mm256_set1_epi8(0x10))),
@@ -103,9 +115,33 @@ static inline __attribute__((always_inline)) const uint8_t *amx_stage(int type, 
     return buf;
 }
 
-/* the d of unit u of 16 rows: a 32-bit gather at each block's start (`at`: the rows' offsets), its low half */
-static inline __attribute__((always_inline)) __m512 amx_scales(int type, const uint8_t *W, int64_t u, __m512i at) {
-    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(at, W + u * block_bytes(type), 1)));
+/* The d and offset m of the units of 16 rows, for unit u on: one unit (d[0]) or, for Q4_K at a superblock's
+ * first unit, its 8 (d[0..8), m[0..8)), with the arithmetic of unit_scalar. 32-bit gathers at each row's
+ * block (`at`: the rows' offsets); the 6-bit scales and mins unpack as superblock_scales does it. */
+static inline __attribute__((always_inline)) void amx_scales(int type, const uint8_t *W, int64_t u, __m512i at,
+                                                             __m512 *d, __m512 *m) {
+    if (type != G_Q4_K) {
+        d[0] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(at, W + u * block_bytes(type), 1)));
+        return;
+    }
+    const uint8_t *b = W + u / 8 * 144;
+    __m512i head = _mm512_i32gather_epi32(at, b, 1), w0 = _mm512_i32gather_epi32(at, b + 4, 1);
+    __m512i w1 = _mm512_i32gather_epi32(at, b + 8, 1), w2 = _mm512_i32gather_epi32(at, b + 12, 1);
+    __m512 dd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head));
+    __m512 dmin = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(head, 16))));
+    const __m512i low6 = _mm512_set1_epi32(0x3F3F3F3F), low4 = _mm512_set1_epi32(0x0F0F0F0F),
+                  top2 = _mm512_set1_epi32(0x30303030), byte = _mm512_set1_epi32(0xFF);
+    __m512i sc[2] = {_mm512_and_si512(w0, low6),
+                     _mm512_or_si512(_mm512_and_si512(w2, low4), _mm512_and_si512(_mm512_srli_epi32(w0, 2), top2))};
+    __m512i mn[2] = {_mm512_and_si512(w1, low6),
+                     _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, 4), low4),
+                                     _mm512_and_si512(_mm512_srli_epi32(w1, 2), top2))};
+    for (int j = 0; j < 8; j++) {
+        __m512i s = _mm512_and_si512(_mm512_srli_epi32(sc[j / 4], 8 * (j % 4)), byte);
+        __m512i o = _mm512_and_si512(_mm512_srli_epi32(mn[j / 4], 8 * (j % 4)), byte);
+        d[j] = _mm512_mul_ps(dd, _mm512_cvtepi32_ps(s));
+        m[j] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(o));
+    }
 }
 
 /* Start the exact int32 dot products of the 16 staged weight rows q (`stride` apart) of unit u with the M
@@ -156,13 +192,13 @@ static inline __attribute__((always_inline)) void amx_many(int type, const uint8
                                                            __m512i at) {
     /* Lanes are (weight row, input row) pairs, the products stored M apart: 16 weight rows x M input rows
      * fill M vectors, lane l of vector v holding weight row (16 v + l) / M and input row (16 v + l) % M. */
-    __m512 acc[16];
+    __m512 acc[16], moff[16], d[8], m[8];
     __m512i rows_of[16];
     int32_t c[2][512];
     uint8_t buf[16 * 32];
     int64_t stride;
     for (int v = 0; v < M; v++) {
-        acc[v] = _mm512_setzero_ps();
+        acc[v] = moff[v] = _mm512_setzero_ps();
         int32_t idx[16];
         for (int l = 0; l < 16; l++) idx[l] = (16 * v + l) / M;
         rows_of[v] = _mm512_loadu_si512(idx);
@@ -172,23 +208,26 @@ static inline __attribute__((always_inline)) void amx_many(int type, const uint8
         if (u < units) {
             prefetch_next_tile(W, bytes, u, units);
             const uint8_t *q = amx_stage(type, W, bytes, u, buf, &stride); /* before stride is read */
-            amx_unit(q, stride, u, a, M, c[u % (2)]);
+            amx_unit(q, stride, u, a, M, c[u % 2]);
         }
         if (u < 1) continue;
         int64_t r = u - 1;
-        const int32_t *chi = c[r % (2)], *clo = chi + 256;
-        const float *sk = a->sk + r / a->per_group * 16 * M;
-        __m512 d = amx_scales(type, W, r, at);
+        const int32_t *chi = c[r % 2], *clo = chi + 256;
+        const float *sk = a->sk + r / a->per_group * 16 * M, *xs = a->xs + r * 16 * M;
+        int j = type == G_Q4_K ? (int)(r % 8) : 0;
+        if (j == 0) amx_scales(type, W, r, at, d, m);
         for (int v = 0; v < M; v++) {
             __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(chi + 16 * v), 8),
                                            _mm512_loadu_si512(clo + 16 * v));
-            __m512 coef = _mm512_mul_ps(_mm512_permutexvar_ps(rows_of[v], d), _mm512_loadu_ps(sk + 16 * v));
+            __m512 coef = _mm512_mul_ps(_mm512_permutexvar_ps(rows_of[v], d[j]), _mm512_loadu_ps(sk + 16 * v));
             acc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), coef, acc[v]);
+            if (type == G_Q4_K)
+                moff[v] = _mm512_fmadd_ps(_mm512_permutexvar_ps(rows_of[v], m[j]), _mm512_loadu_ps(xs + 16 * v), moff[v]);
         }
     }
     for (int v = 0; v < M; v++) {
         float out[16];
-        _mm512_storeu_ps(out, acc[v]);
+        _mm512_storeu_ps(out, type == G_Q4_K ? _mm512_add_ps(acc[v], moff[v]) : acc[v]);
         for (int l = 0; l < 16; l++) y[(16 * v + l) % M * ldy + (16 * v + l) / M] = out[l];
     }
 }
@@ -200,17 +239,20 @@ static inline __attribute__((always_inline)) void amx_tile(int type, const uint8
     const __m512i at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32((int)bytes));
     if (M == 1) { /* lanes are weight rows; one input row is bound by reading weights: AVX-512 does */
-        __m512 acc = _mm512_setzero_ps();
+        __m512 acc = _mm512_setzero_ps(), moff = _mm512_setzero_ps(), d[8], m[8];
         uint8_t buf[16 * 32];
         int64_t stride;
         for (int64_t u = 0; u < units; u++) {
             prefetch_next_tile(W, bytes, u, units);
             const uint8_t *q = amx_stage(type, W, bytes, u, buf, &stride);
             __m512i dot = avx512_dots16(q, stride, _mm512_loadu_si512((const void *)(x->xk + u * UNIT)));
-            __m512 coef = _mm512_mul_ps(amx_scales(type, W, u, at), _mm512_set1_ps(a->sk[u / a->per_group * 16]));
+            int j = type == G_Q4_K ? (int)(u % 8) : 0;
+            if (j == 0) amx_scales(type, W, u, at, d, m);
+            __m512 coef = _mm512_mul_ps(d[j], _mm512_set1_ps(a->sk[u / a->per_group * 16]));
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), coef, acc);
+            if (type == G_Q4_K) moff = _mm512_fmadd_ps(m[j], _mm512_set1_ps(x->xs[u]), moff);
         }
-        _mm512_storeu_ps(y, acc);
+        _mm512_storeu_ps(y, type == G_Q4_K ? _mm512_add_ps(acc, moff) : acc);
         return;
     }
     switch (M) {
@@ -226,7 +268,7 @@ static inline __attribute__((always_inline)) void amx_tile(int type, const uint8
 static void amx_row(int type, const uint8_t *row, int64_t units, const xprep *x, const amx_input *a, int M, float *y,
                     int64_t ldy) {
     for (int m = 0; m < M; m++) {
-        float acc = 0.0f;
+        float acc = 0.0f, moff = 0.0f;
         for (int64_t u = 0; u < units; u++) {
             int16_t q[UNIT];
             float d, offset;
@@ -234,8 +276,9 @@ static void amx_row(int type, const uint8_t *row, int64_t units, const xprep *x,
             int32_t dot = 0;
             for (int i = 0; i < UNIT; i++) dot += (int32_t)q[i] * x[m].xk[u * UNIT + i];
             acc = fmaf((float)dot, d * a->sk[u / a->per_group * 16 * M + m], acc);
+            moff = fmaf(offset, x[m].xs[u], moff);
         }
-        y[m * ldy] = acc;
+        y[m * ldy] = type == G_Q4_K ? acc + moff : acc;
     }
 }
 
@@ -259,10 +302,16 @@ typedef void (*amx_rows_fn)(const uint8_t *W, int64_t bytes, int64_t n0, int64_t
 AMX_ROWS_FOR(G_Q8_0)
 AMX_ROWS_FOR(G_Q5_0)
 AMX_ROWS_FOR(G_Q4_0)
+AMX_ROWS_FOR(G_Q4_K)
 #undef AMX_ROWS_FOR
 
 static amx_rows_fn amx_rows_for(int type) {
-    return type == G_Q8_0 ? amx_rows_G_Q8_0 : type == G_Q5_0 ? amx_rows_G_Q5_0 : amx_rows_G_Q4_0;
+    switch (type) {
+    case G_Q8_0: return amx_rows_G_Q8_0;
+    case G_Q5_0: return amx_rows_G_Q5_0;
+    case G_Q4_0: return amx_rows_G_Q4_0;
+    default: return amx_rows_G_Q4_K;
+    }
 }
 #else
 int cg_amx_on = 0;

@@ -506,7 +506,7 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
     int amx = 0;
     for (int i = 0; i < n_w; i++) amx |= amx_on && amx_type(types[i]);
     amx_input packed = {0};
-    void *packs = amx ? malloc((size_t)K * M * 2 + sizeof(float) * 16 * (size_t)M * units) : NULL;
+    void *packs = amx ? malloc((size_t)K * M * 2 + sizeof(float) * 32 * (size_t)M * units) : NULL;
     failed |= amx && !packs;
 #endif
     if (failed) goto done;
@@ -525,6 +525,7 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
         packed.hi = (int8_t *)packs;
         packed.lo = (uint8_t *)packs + K * M;
         packed.sk = (float *)((uint8_t *)packs + 2 * K * M);
+        packed.xs = packed.sk + 16 * (size_t)M * units;
         amx_pack(xs, M, K, &packed);
     }
 #endif
