@@ -480,8 +480,6 @@ static rows_fn rows_for(int type) {
     return NULL;
 }
 
-static inline float round_to(float v, int bf16) { return bf16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
-
 /* y[M, sum(Ns)] = x[M, K] . concat(W_0, ..., W_{n_w-1})^T with W_i [Ns[i], K] in GGUF type types[i] (rows
  * row-major as the file stores them). x is float32 (x_bf16 = 0) or bfloat16, rows x_stride elements apart;
  * y is float32 or bfloat16 (y_bf16). With glu the first half of the outputs is a gate and the second its
@@ -554,16 +552,7 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
 #endif
     }
     if (glu) {
-        int64_t half = N / 2;
-        for (int64_t j = 0; j < (int64_t)M * half; j++) {
-            int64_t r = j / half, n = j % half;
-            float g = round_to(yf[r * N + n], y_bf16), u = round_to(yf[r * N + half + n], y_bf16);
-            float v = round_to(gelu_tanh(g), y_bf16) * u;
-            if (y_bf16)
-                ((uint16_t *)y)[j] = f32_to_bf16(v);
-            else
-                ((float *)y)[j] = v;
-        }
+        geglu(yf, M, N, y, y_bf16);
     } else if (yf != y) {
         for (size_t j = 0; j < (size_t)M * N; j++) ((uint16_t *)y)[j] = f32_to_bf16(yf[j]);
     }

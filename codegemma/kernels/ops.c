@@ -284,18 +284,6 @@ static void lin4_many(const void *const *w, int wtype, const xrow *xs, int M, in
     for (int m = 0; m < M; m++) lin4(w, wtype, &xs[m], K, out + 4 * m);
 }
 
-/* Gemma's GeGLU of M rows of N float32 values (gate, then up): out [M, N / 2] in type t =
- * gelu_tanh(gate) * up, rounded to t after each step as PyTorch's would be. */
-static void geglu(const float *src, int M, int64_t N, void *out, int t) {
-    int64_t half = N / 2;
-#pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < (int64_t)M * half; j++) {
-        int64_t m = j / half, n = j % half;
-        float g = rnd(src[m * N + n], t), u = rnd(src[m * N + half + n], t);
-        st(out, t, j, rnd(gelu_tanh(g), t) * u);
-    }
-}
-
 #if defined(__AVX512F__) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define HAVE_AMX_BF16 1
 #include "tiles.h"
@@ -459,7 +447,7 @@ products_done:
 #endif
     if (failed) goto done;
     if (glu) {
-        geglu(yf, M, N, y, ytype);
+        geglu(yf, M, N, y, ytype == T_BF16);
     } else if (yf != y) {
         for (size_t j = 0; j < (size_t)M * N; j++) ((uint16_t *)y)[j] = f32_to_bf16(yf[j]);
     }
@@ -686,7 +674,7 @@ int cg_lora(int M, int K, int64_t N, int n_seg, const int64_t *Ns, int R, const 
             y[(size_t)m * N + n] = acc;
         }
     }
-    if (glu) geglu(y, M, N, out, otype);
+    if (glu) geglu(y, M, N, out, otype == T_BF16);
     free(t); free(xf); free(seg);
     return 0;
 }
