@@ -84,19 +84,40 @@ static void amx_pack(const xprep *x, int M, int64_t K, amx_input *a) {
 }
 
 /* The AMX formats: a float scale d per 32-weight unit and weights small integers (Q8_0: q; Q5_0: q - 16;
- * Q4_0: q - 8; Q4_K: q in 0..15, d = superblock d x the unit's 6-bit scale, plus an offset m per unit). */
-static inline int amx_type(int type) { return type == G_Q8_0 || type == G_Q5_0 || type == G_Q4_0 || type == G_Q4_K; }
+ * Q4_0: q - 8; Q4_K: q in 0..15, d = superblock d x the unit's 6-bit scale, plus an offset m per unit).
+ * Q6_K (q - 32) has a scale per 16 weights: its units go through the tiles as two parts, each with the
+ * other half's weights zero, and each part is a unit of the recipe. */
+static inline int amx_type(int type) {
+    return type == G_Q8_0 || type == G_Q5_0 || type == G_Q4_0 || type == G_Q4_K || type == G_Q6_K;
+}
+static inline int amx_parts(int type) { return type == G_Q6_K ? 2 : 1; }
+/* the index of part p of unit u among the scales amx_scales gives for u's superblock */
+static inline int amx_scale_index(int type, int64_t u, int p) {
+    return type == G_Q6_K ? (int)(u % 8) * 2 + p : type == G_Q4_K ? (int)(u % 8) : 0;
+}
 
 /* Unit u of 16 weight rows (`bytes` apart from W) as int8, 32 per row, `*stride` bytes apart: Q8_0's own
  * bytes, the packed formats decoded into buf [16][32]. */
 static inline __attribute__((always_inline)) const uint8_t *amx_stage(int type, const uint8_t *W, int64_t bytes,
-                                                                      int64_t u, uint8_t *buf, int64_t *stride) {
+                                                                      int64_t u, int p, uint8_t *buf,
+                                                                      int64_t *stride) {
     if (type == G_Q8_0) {
         *stride = bytes;
         return W + u * 34 + 2;
     }
     *stride = 32;
     for (int n = 0; n < 16; n++) {
+        if (type == G_Q6_K) { /* kquant_q's decoding, on bytes; part p keeps its 16 weights */
+            const uint8_t *b = W + n * bytes + (u / 8) * 210;
+            int j = (int)(u % 8), h = j / 4, t = j % 4;
+            __m256i l = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (t & 1)));
+            l = _mm256_and_si256(t >= 2 ? _mm256_srli_epi16(l, 4) : l, _mm256_set1_epi8(0xF));
+            __m256i hi = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h)), 2 * t);
+            hi = _mm256_slli_epi16(_mm256_and_si256(hi, _mm256_set1_epi8(3)), 4);
+            __m256i q = _mm256_sub_epi8(_mm256_or_si256(l, hi), _mm256_set1_epi8(32));
+            _mm256_storeu_si256((__m256i *)(buf + 32 * n), _mm256_maskz_mov_epi8(p ? 0xFFFF0000u : 0x0000FFFFu, q));
+            continue;
+        }
         if (type == G_Q4_K) {
             const uint8_t *b = W + n * bytes + (u / 8) * 144;
             int j = (int)(u % 8);
@@ -116,10 +137,20 @@ static inline __attribute__((always_inline)) const uint8_t *amx_stage(int type, 
 }
 
 /* The d and offset m of the units of 16 rows, for unit u on: one unit (d[0]) or, for Q4_K at a superblock's
- * first unit, its 8 (d[0..8), m[0..8)), with the arithmetic of unit_scalar. 32-bit gathers at each row's
+ * first unit, its 8 (d[0..8), m[0..8)), for Q6_K its 16 (d[0..16)), with the arithmetic of unit_scalar. 32-bit gathers at each row's
  * block (`at`: the rows' offsets); the 6-bit scales and mins unpack as superblock_scales does it. */
 static inline __attribute__((always_inline)) void amx_scales(int type, const uint8_t *W, int64_t u, __m512i at,
                                                              __m512 *d, __m512 *m) {
+    if (type == G_Q6_K) { /* d[k] = superblock d x scale k (of 16, signed bytes) */
+        const uint8_t *b = W + u / 8 * 210;
+        __m512 dd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(at, b + 208, 1)));
+        for (int w = 0; w < 4; w++) {
+            __m512i sc = _mm512_i32gather_epi32(at, b + 192 + 4 * w, 1);
+            for (int i = 0; i < 4; i++)
+                d[4 * w + i] = _mm512_mul_ps(dd, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(sc, 24 - 8 * i), 24)));
+        }
+        return;
+    }
     if (type != G_Q4_K) {
         d[0] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(at, W + u * block_bytes(type), 1)));
         return;
@@ -192,9 +223,9 @@ static inline __attribute__((always_inline)) void amx_many(int type, const uint8
                                                            __m512i at) {
     /* Lanes are (weight row, input row) pairs, the products stored M apart: 16 weight rows x M input rows
      * fill M vectors, lane l of vector v holding weight row (16 v + l) / M and input row (16 v + l) % M. */
-    __m512 acc[16], moff[16], d[8], m[8];
+    __m512 acc[16], moff[16], d[16], m[8];
     __m512i rows_of[16];
-    int32_t c[2][512];
+    int32_t c[2][2][512];
     uint8_t buf[16 * 32];
     int64_t stride;
     for (int v = 0; v < M; v++) {
@@ -207,22 +238,27 @@ static inline __attribute__((always_inline)) void amx_many(int type, const uint8
     for (int64_t u = 0; u < units + 1; u++) {
         if (u < units) {
             prefetch_next_tile(W, bytes, u, units);
-            const uint8_t *q = amx_stage(type, W, bytes, u, buf, &stride); /* before stride is read */
-            amx_unit(q, stride, u, a, M, c[u % 2]);
+            for (int p = 0; p < amx_parts(type); p++) {
+                const uint8_t *q = amx_stage(type, W, bytes, u, p, buf, &stride); /* before stride is read */
+                amx_unit(q, stride, u, a, M, c[u % 2][p]);
+            }
         }
         if (u < 1) continue;
         int64_t r = u - 1;
-        const int32_t *chi = c[r % 2], *clo = chi + 256;
         const float *sk = a->sk + r / a->per_group * 16 * M, *xs = a->xs + r * 16 * M;
-        int j = type == G_Q4_K ? (int)(r % 8) : 0;
-        if (j == 0) amx_scales(type, W, r, at, d, m);
-        for (int v = 0; v < M; v++) {
-            __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(chi + 16 * v), 8),
-                                           _mm512_loadu_si512(clo + 16 * v));
-            __m512 coef = _mm512_mul_ps(_mm512_permutexvar_ps(rows_of[v], d[j]), _mm512_loadu_ps(sk + 16 * v));
-            acc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), coef, acc[v]);
-            if (type == G_Q4_K)
-                moff[v] = _mm512_fmadd_ps(_mm512_permutexvar_ps(rows_of[v], m[j]), _mm512_loadu_ps(xs + 16 * v), moff[v]);
+        if (amx_scale_index(type, r, 0) == 0) amx_scales(type, W, r, at, d, m);
+        for (int p = 0; p < amx_parts(type); p++) {
+            const int32_t *chi = c[r % 2][p], *clo = chi + 256;
+            int k = amx_scale_index(type, r, p);
+            for (int v = 0; v < M; v++) {
+                __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(chi + 16 * v), 8),
+                                               _mm512_loadu_si512(clo + 16 * v));
+                __m512 coef = _mm512_mul_ps(_mm512_permutexvar_ps(rows_of[v], d[k]), _mm512_loadu_ps(sk + 16 * v));
+                acc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), coef, acc[v]);
+                if (type == G_Q4_K)
+                    moff[v] = _mm512_fmadd_ps(_mm512_permutexvar_ps(rows_of[v], m[k]), _mm512_loadu_ps(xs + 16 * v),
+                                              moff[v]);
+            }
         }
     }
     for (int v = 0; v < M; v++) {
@@ -239,18 +275,20 @@ static inline __attribute__((always_inline)) void amx_tile(int type, const uint8
     const __m512i at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32((int)bytes));
     if (M == 1) { /* lanes are weight rows; one input row is bound by reading weights: AVX-512 does */
-        __m512 acc = _mm512_setzero_ps(), moff = _mm512_setzero_ps(), d[8], m[8];
+        __m512 acc = _mm512_setzero_ps(), moff = _mm512_setzero_ps(), d[16], m[8];
         uint8_t buf[16 * 32];
         int64_t stride;
         for (int64_t u = 0; u < units; u++) {
             prefetch_next_tile(W, bytes, u, units);
-            const uint8_t *q = amx_stage(type, W, bytes, u, buf, &stride);
-            __m512i dot = avx512_dots16(q, stride, _mm512_loadu_si512((const void *)(x->xk + u * UNIT)));
-            int j = type == G_Q4_K ? (int)(u % 8) : 0;
-            if (j == 0) amx_scales(type, W, u, at, d, m);
-            __m512 coef = _mm512_mul_ps(d[j], _mm512_set1_ps(a->sk[u / a->per_group * 16]));
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), coef, acc);
-            if (type == G_Q4_K) moff = _mm512_fmadd_ps(m[j], _mm512_set1_ps(x->xs[u]), moff);
+            if (amx_scale_index(type, u, 0) == 0) amx_scales(type, W, u, at, d, m);
+            __m512i xk = _mm512_loadu_si512((const void *)(x->xk + u * UNIT));
+            __m512 sk = _mm512_set1_ps(a->sk[u / a->per_group * 16]);
+            for (int p = 0; p < amx_parts(type); p++) {
+                const uint8_t *q = amx_stage(type, W, bytes, u, p, buf, &stride); /* before stride is read */
+                int k = amx_scale_index(type, u, p);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(avx512_dots16(q, stride, xk)), _mm512_mul_ps(d[k], sk), acc);
+                if (type == G_Q4_K) moff = _mm512_fmadd_ps(m[k], _mm512_set1_ps(x->xs[u]), moff);
+            }
         }
         _mm512_storeu_ps(y, type == G_Q4_K ? _mm512_add_ps(acc, moff) : acc);
         return;
@@ -271,11 +309,20 @@ static void amx_row(int type, const uint8_t *row, int64_t units, const xprep *x,
         float acc = 0.0f, moff = 0.0f;
         for (int64_t u = 0; u < units; u++) {
             int16_t q[UNIT];
-            float d, offset;
+            float d, offset, sk = a->sk[u / a->per_group * 16 * M + m];
             unit_scalar(type, row, u, q, &d, &offset);
+            if (type == G_Q6_K) { /* q holds (v - 32) x the part's scale: divide it back out, exactly */
+                const int8_t *sc = (const int8_t *)(row + (u / 8) * 210 + 192) + 2 * (u % 8);
+                for (int p = 0; p < 2; p++) {
+                    int32_t dot = 0;
+                    for (int i = 16 * p; i < 16 * p + 16; i++) dot += (int32_t)(sc[p] ? q[i] / sc[p] : 0) * x[m].xk[u * UNIT + i];
+                    acc = fmaf((float)dot, d * (float)sc[p] * sk, acc);
+                }
+                continue;
+            }
             int32_t dot = 0;
             for (int i = 0; i < UNIT; i++) dot += (int32_t)q[i] * x[m].xk[u * UNIT + i];
-            acc = fmaf((float)dot, d * a->sk[u / a->per_group * 16 * M + m], acc);
+            acc = fmaf((float)dot, d * sk, acc);
             moff = fmaf(offset, x[m].xs[u], moff);
         }
         y[m * ldy] = type == G_Q4_K ? acc + moff : acc;
@@ -303,6 +350,7 @@ AMX_ROWS_FOR(G_Q8_0)
 AMX_ROWS_FOR(G_Q5_0)
 AMX_ROWS_FOR(G_Q4_0)
 AMX_ROWS_FOR(G_Q4_K)
+AMX_ROWS_FOR(G_Q6_K)
 #undef AMX_ROWS_FOR
 
 static amx_rows_fn amx_rows_for(int type) {
@@ -310,7 +358,8 @@ static amx_rows_fn amx_rows_for(int type) {
     case G_Q8_0: return amx_rows_G_Q8_0;
     case G_Q5_0: return amx_rows_G_Q5_0;
     case G_Q4_0: return amx_rows_G_Q4_0;
-    default: return amx_rows_G_Q4_K;
+    case G_Q4_K: return amx_rows_G_Q4_K;
+    default: return amx_rows_G_Q6_K;
     }
 }
 #else
