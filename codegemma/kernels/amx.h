@@ -97,7 +97,8 @@ static inline int amx_scale_index(int type, int64_t u, int p) {
 }
 
 /* Unit u of 16 weight rows (`bytes` apart from W) as int8, 32 per row, `*stride` bytes apart: Q8_0's own
- * bytes, the packed formats decoded into buf [16][32]. */
+ * bytes, the packed formats decoded into buf [16][32]. Part p of a Q6_K unit: the other half zero (p 0 or
+ * 1), or whole (p 2). */
 static inline __attribute__((always_inline)) const uint8_t *amx_stage(int type, const uint8_t *W, int64_t bytes,
                                                                       int64_t u, int p, uint8_t *buf,
                                                                       int64_t *stride) {
@@ -115,7 +116,7 @@ static inline __attribute__((always_inline)) const uint8_t *amx_stage(int type, 
             __m256i hi = _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h)), 2 * t);
             hi = _mm256_slli_epi16(_mm256_and_si256(hi, _mm256_set1_epi8(3)), 4);
             __m256i q = _mm256_sub_epi8(_mm256_or_si256(l, hi), _mm256_set1_epi8(32));
-            _mm256_storeu_si256((__m256i *)(buf + 32 * n), _mm256_maskz_mov_epi8(p ? 0xFFFF0000u : 0x0000FFFFu, q));
+            _mm256_storeu_si256((__m256i *)(buf + 32 * n), _mm256_maskz_mov_epi8(p == 2 ? 0xFFFFFFFFu : p ? 0xFFFF0000u : 0x0000FFFFu, q));
             continue;
         }
         if (type == G_Q4_K) {
@@ -200,9 +201,12 @@ static inline __attribute__((always_inline)) void amx_unit(const uint8_t *q, int
     }
 }
 
-/* the exact dot products of 32 int8 weights at q, q + stride, ... (16 rows) with 32 int16 inputs xk, as 16
- * lanes: each row's 16 pairwise sums, then a transposing tree of additions (integers: any order is exact) */
-static inline __attribute__((always_inline)) __m512i avx512_dots16(const uint8_t *q, int64_t stride, __m512i xk) {
+/* The exact dot products of 32 int8 weights at q, q + stride, ... (16 rows) with 32 int16 inputs xk, as 16
+ * lanes: each row's 16 pairwise sums, then a transposing tree of additions (integers: any order is exact).
+ * With hi, *lo gets the sums over the first 16 weights and *hi those over the last 16 (the tree's last step
+ * would add them). */
+static inline __attribute__((always_inline)) __m512i avx512_dots16(const uint8_t *q, int64_t stride, __m512i xk,
+                                                                   __m512i *hi) {
     __m512i v[16];
     for (int n = 0; n < 16; n++)
         v[n] = _mm512_madd_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(q + n * stride))), xk);
@@ -211,10 +215,15 @@ static inline __attribute__((always_inline)) __m512i avx512_dots16(const uint8_t
         v[n] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * n], v[2 * n + 1]), _mm512_unpackhi_epi32(v[2 * n], v[2 * n + 1]));
     for (int n = 0; n < 4; n++)
         v[n] = _mm512_add_epi32(_mm512_unpacklo_epi64(v[2 * n], v[2 * n + 1]), _mm512_unpackhi_epi64(v[2 * n], v[2 * n + 1]));
-    /* across the four 128-bit lanes */
+    /* across the four 128-bit lanes: first the pairs within each half of the weights (lanes 0-7, 8-15) */
     for (int n = 0; n < 2; n++)
         v[n] = _mm512_add_epi32(_mm512_shuffle_i32x4(v[2 * n], v[2 * n + 1], 0x88), _mm512_shuffle_i32x4(v[2 * n], v[2 * n + 1], 0xDD));
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(v[0], v[1], 0x88), _mm512_shuffle_i32x4(v[0], v[1], 0xDD));
+    __m512i first = _mm512_shuffle_i32x4(v[0], v[1], 0x88), second = _mm512_shuffle_i32x4(v[0], v[1], 0xDD);
+    if (hi) {
+        *hi = second;
+        return first;
+    }
+    return _mm512_add_epi32(first, second);
 }
 
 /* amx_tile for M from 2 up, always inlined with M a constant so that the accumulators stay in registers */
@@ -283,10 +292,13 @@ static inline __attribute__((always_inline)) void amx_tile(int type, const uint8
             if (amx_scale_index(type, u, 0) == 0) amx_scales(type, W, u, at, d, m);
             __m512i xk = _mm512_loadu_si512((const void *)(x->xk + u * UNIT));
             __m512 sk = _mm512_set1_ps(a->sk[u / a->per_group * 16]);
+            /* all 32 weights at once (part 2): Q6_K's two parts come out of one tree */
+            const uint8_t *q = amx_stage(type, W, bytes, u, 2, buf, &stride); /* before stride is read */
+            __m512i dot[2];
+            dot[0] = avx512_dots16(q, stride, xk, amx_parts(type) == 2 ? &dot[1] : NULL);
             for (int p = 0; p < amx_parts(type); p++) {
-                const uint8_t *q = amx_stage(type, W, bytes, u, p, buf, &stride); /* before stride is read */
                 int k = amx_scale_index(type, u, p);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(avx512_dots16(q, stride, xk)), _mm512_mul_ps(d[k], sk), acc);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[p]), _mm512_mul_ps(d[k], sk), acc);
                 if (type == G_Q4_K) moff = _mm512_fmadd_ps(m[k], _mm512_set1_ps(x->xs[u]), moff);
             }
         }
