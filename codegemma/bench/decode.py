@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<20} {'n/a':>12}")
     from codegemma import kernels
 
-    print("native decode kernels: " + ("on" if kernels.available() else f"off ({kernels.unavailable_reason()})"))
+    print("native decode kernels: " + ("on" if kernels.available() else f"off ({kernels.unavailable_reason()})")
+          + (", AMX tiles for several token rows" if kernels.amx() else ""))
     print("weight formats (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(ours["formats"].items())))
     print(f"one decode step: layers {ours['layers_ms']:.1f} ms + output layer {ours['output_ms']:.1f} ms")
     if cold:

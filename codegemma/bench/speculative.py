@@ -22,6 +22,7 @@ import os
 import statistics
 from pathlib import Path
 
+from codegemma import kernels
 from codegemma.contract import GenerateOptions
 from codegemma.engine import Engine
 from codegemma.errors import CodegemmaError
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = codegemma.load(args.model, dtype=args.dtype)
     engine.warmup()
     costs = engine.verify_cost.to_dict()
-    print("verify cost of k draft tokens vs one step: " + ", ".join(f"k={k}: {v:.2f}x" for k, v in costs.items()))
+    print("verify cost of k draft tokens vs one step: " + ", ".join(f"k={k}: {v:.2f}x" for k, v in costs.items())
+          + (" (AMX tiles)" if kernels.amx() else ""))
     print(f"speculation on by default: {engine.speculative_default}")
     multi = run_completions(engine, infilling_cases(root, "multi", args.cases), 64, single=False)
     single = run_completions(engine, infilling_cases(root, "single", args.cases), 32, single=True)
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         speculative_default=engine.speculative_default,
         plain_multiline_tok_s=round(multi["plain"]["decode_tok_s"], 2),
         spec_multiline_tok_s=round(multi["speculative"]["decode_tok_s"], 2),
+        amx=kernels.amx(),
     )
     print(json.dumps(result))
     return 0

@@ -277,32 +277,40 @@ static inline __attribute__((always_inline)) void amx_many(int type, const uint8
     }
 }
 
+/* amx_tile for input row r (of M) alone, lanes the 16 weight rows: AVX-512 (one row is bound by reading
+ * weights, not by arithmetic) */
+static inline __attribute__((always_inline)) void avx512_row(int type, const uint8_t *W, int64_t bytes, int64_t units,
+                                                             const xprep *x, const amx_input *a, int M, int r,
+                                                             float *y, __m512i at) {
+    __m512 acc = _mm512_setzero_ps(), moff = _mm512_setzero_ps(), d[16], m[8];
+    uint8_t buf[16 * 32];
+    int64_t stride;
+    for (int64_t u = 0; u < units; u++) {
+        prefetch_next_tile(W, bytes, u, units);
+        if (amx_scale_index(type, u, 0) == 0) amx_scales(type, W, u, at, d, m);
+        __m512i xk = _mm512_loadu_si512((const void *)(x[r].xk + u * UNIT));
+        __m512 sk = _mm512_set1_ps(a->sk[u / a->per_group * 16 * M + r]);
+        /* all 32 weights at once (part 2): Q6_K's two parts come out of one tree */
+        const uint8_t *q = amx_stage(type, W, bytes, u, 2, buf, &stride); /* before stride is read */
+        __m512i dot[2];
+        dot[0] = avx512_dots16(q, stride, xk, amx_parts(type) == 2 ? &dot[1] : NULL);
+        for (int p = 0; p < amx_parts(type); p++) {
+            int k = amx_scale_index(type, u, p);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[p]), _mm512_mul_ps(d[k], sk), acc);
+            if (type == G_Q4_K) moff = _mm512_fmadd_ps(m[k], _mm512_set1_ps(x[r].xs[u]), moff);
+        }
+    }
+    _mm512_storeu_ps(y, type == G_Q4_K ? _mm512_add_ps(acc, moff) : acc);
+}
+
 /* 16 weight rows from W times the M input rows into y[m * ldy + n] */
 static inline __attribute__((always_inline)) void amx_tile(int type, const uint8_t *W, int64_t bytes, int64_t units,
                                                            const xprep *x, const amx_input *a, int M, float *y,
                                                            int64_t ldy) {
     const __m512i at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32((int)bytes));
-    if (M == 1) { /* lanes are weight rows; one input row is bound by reading weights: AVX-512 does */
-        __m512 acc = _mm512_setzero_ps(), moff = _mm512_setzero_ps(), d[16], m[8];
-        uint8_t buf[16 * 32];
-        int64_t stride;
-        for (int64_t u = 0; u < units; u++) {
-            prefetch_next_tile(W, bytes, u, units);
-            if (amx_scale_index(type, u, 0) == 0) amx_scales(type, W, u, at, d, m);
-            __m512i xk = _mm512_loadu_si512((const void *)(x->xk + u * UNIT));
-            __m512 sk = _mm512_set1_ps(a->sk[u / a->per_group * 16]);
-            /* all 32 weights at once (part 2): Q6_K's two parts come out of one tree */
-            const uint8_t *q = amx_stage(type, W, bytes, u, 2, buf, &stride); /* before stride is read */
-            __m512i dot[2];
-            dot[0] = avx512_dots16(q, stride, xk, amx_parts(type) == 2 ? &dot[1] : NULL);
-            for (int p = 0; p < amx_parts(type); p++) {
-                int k = amx_scale_index(type, u, p);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[p]), _mm512_mul_ps(d[k], sk), acc);
-                if (type == G_Q4_K) moff = _mm512_fmadd_ps(m[k], _mm512_set1_ps(x->xs[u]), moff);
-            }
-        }
-        _mm512_storeu_ps(y, type == G_Q4_K ? _mm512_add_ps(acc, moff) : acc);
+    if (M == 1) { /* running 2 or 3 rows this way, the tile's weights in cache, measured slower than AMX */
+        avx512_row(type, W, bytes, units, x, a, 1, 0, y, at);
         return;
     }
     switch (M) {
