@@ -184,21 +184,21 @@ static inline __attribute__((always_inline)) void amx_unit(const uint8_t *q, int
     _tile_loadd(T_W, q, stride);
     _tile_loadd(T_HI, a->hi + u * 32 * M, 4 * M);
     _tile_loadd(T_LO, a->lo + u * 32 * M, 4 * M);
-    if (u & 1) {
-        _tile_zero(T_CHI2);
-        _tile_zero(T_CLO2);
-        _tile_dpbssd(T_CHI2, T_W, T_HI);
-        _tile_dpbsud(T_CLO2, T_W, T_LO);
-        _tile_stored(T_CHI2, c, 4 * M);
-        _tile_stored(T_CLO2, c + 256, 4 * M);
-    } else {
-        _tile_zero(T_CHI);
-        _tile_zero(T_CLO);
-        _tile_dpbssd(T_CHI, T_W, T_HI);
-        _tile_dpbsud(T_CLO, T_W, T_LO);
-        _tile_stored(T_CHI, c, 4 * M);
-        _tile_stored(T_CLO, c + 256, 4 * M);
-    }
+/* the intrinsics take tile numbers as literals: one copy per pair of product tiles */
+#define AMX_PRODUCTS(CHI, CLO)                 \
+    do {                                       \
+        _tile_zero(CHI);                       \
+        _tile_zero(CLO);                       \
+        _tile_dpbssd(CHI, T_W, T_HI);          \
+        _tile_dpbsud(CLO, T_W, T_LO);          \
+        _tile_stored(CHI, c, 4 * M);           \
+        _tile_stored(CLO, c + 256, 4 * M);     \
+    } while (0)
+    if (u & 1)
+        AMX_PRODUCTS(T_CHI2, T_CLO2);
+    else
+        AMX_PRODUCTS(T_CHI, T_CLO);
+#undef AMX_PRODUCTS
 }
 
 /* The exact dot products of 32 int8 weights at q, q + stride, ... (16 rows) with 32 int16 inputs xk, as 16
