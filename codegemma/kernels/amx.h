@@ -235,25 +235,26 @@ static inline __attribute__((always_inline)) void amx_many(int type, const uint8
     __m512 acc[16], moff[16], d[16], m[8];
     __m512i rows_of[16];
     int32_t c[2][2][512];
-    uint8_t buf[16 * 32];
-    int64_t stride;
+    uint8_t buf[2][2][16 * 32];
+    const uint8_t *q[2][2];
+    int64_t stride[2];
     for (int v = 0; v < M; v++) {
         acc[v] = moff[v] = _mm512_setzero_ps();
         int32_t idx[16];
         for (int l = 0; l < 16; l++) idx[l] = (16 * v + l) / M;
         rows_of[v] = _mm512_loadu_si512(idx);
     }
-    /* unit u's products are read back while unit u + 1's run (reading them later measured no faster) */
-    for (int64_t u = 0; u < units + 1; u++) {
+    /* Three units in flight: unit u is decoded to bytes, unit u - 1's tile products run and unit u - 2's
+     * are read back. A tile load right after the vector stores that wrote its bytes waits for them. */
+    for (int64_t u = 0; u < units + 2; u++) {
         if (u < units) {
             prefetch_next_tile(W, bytes, u, units);
-            for (int p = 0; p < amx_parts(type); p++) {
-                const uint8_t *q = amx_stage(type, W, bytes, u, p, buf, &stride); /* before stride is read */
-                amx_unit(q, stride, u, a, M, c[u % 2][p]);
-            }
+            for (int p = 0; p < amx_parts(type); p++) q[u % 2][p] = amx_stage(type, W, bytes, u, p, buf[u % 2][p], &stride[u % 2]);
         }
-        if (u < 1) continue;
-        int64_t r = u - 1;
+        if (u >= 1 && u <= units)
+            for (int p = 0; p < amx_parts(type); p++) amx_unit(q[(u - 1) % 2][p], stride[(u - 1) % 2], u - 1, a, M, c[(u - 1) % 2][p]);
+        if (u < 2) continue;
+        int64_t r = u - 2;
         const float *sk = a->sk + r / a->per_group * 16 * M, *xs = a->xs + r * 16 * M;
         if (amx_scale_index(type, r, 0) == 0) amx_scales(type, W, r, at, d, m);
         for (int p = 0; p < amx_parts(type); p++) {
