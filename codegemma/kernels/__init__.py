@@ -135,7 +135,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_gguf_dequantize.argtypes = [p, i, i64, i64, i64, p, i]
     lib.cg_amx.restype = i
     lib.cg_amx.argtypes = [i]
-    # Q8_0 and bfloat16 products on AMX tiles where the CPU and kernel allow (CODEGEMMA_AMX=0: never).
+    # Products of several rows on AMX tiles where the CPU and kernel allow (CODEGEMMA_AMX=0: never).
     # Decided here, once per process, before any product: the two paths round differently.
     global _amx
     _amx = bool(lib.cg_amx(int(os.environ.get("CODEGEMMA_AMX", "1") != "0")))
@@ -164,7 +164,8 @@ def _load() -> tuple[ctypes.CDLL | bool, str]:
 
 
 def amx() -> bool:
-    """True when Q8_0 and bfloat16 products run on AMX tiles (Sapphire Rapids and later; amx.h, ops.c)."""
+    """True when the GGUF (Q8_0, Q5_0, Q4_0, Q4_K, Q6_K) and bfloat16 products of several rows run on AMX
+    tiles (Sapphire Rapids and later; amx.h, ops.c)."""
     return available() and _amx
 
 

@@ -1,4 +1,5 @@
-/* Q8_0, Q5_0 and Q4_0 products on AMX tiles (Intel Sapphire Rapids and later), included by gguf.c.
+/* Q8_0, Q5_0, Q4_0, Q4_K and Q6_K products on AMX tiles (Intel Sapphire Rapids and later), included by
+ * gguf.c.
  *
  * Why: with 9 input rows (a token and 8 drafts to verify) the AVX-512 products are bound by arithmetic, not
  * by reading weights: each weight is multiplied by each row in its own vector instruction. One AMX
@@ -11,8 +12,8 @@
  *     acc = 0; for each unit u: acc = fma((float)dot_u, d_u * sk_g(u), acc)
  * (Q4_K adds its offsets: moff = fma(m_u, xsum_u, moff) beside acc, and the result is acc + moff)
  * so a row's result does not depend on its companions (speculative and batched greedy equal plain greedy).
- * The recipe differs from the AVX-512 path's rounding, so a process uses one path for all its Q8_0 products
- * (decided once, in cg_amx).
+ * The recipe differs from the AVX-512 path's rounding, so a process uses one path for all its products in
+ * these formats (decided once, in cg_amx); one input row runs the recipe on AVX-512 (avx512_row).
  */
 #ifndef CODEGEMMA_AMX_H
 #define CODEGEMMA_AMX_H
@@ -23,15 +24,14 @@
 #include <unistd.h>
 
 int cg_amx_on = 0; /* read by ops.c's bfloat16 products too */
-#define amx_on cg_amx_on
 
-/* Ask Linux for the tile state (each process must) and use AMX for Q8_0 and bfloat16 products when `want`
- * and granted. Returns 1 when the products use AMX. Call before any product: the choice then holds for
+/* Ask Linux for the tile state (each process must) and use AMX for the formats above and bfloat16 products
+ * when `want` and granted. Returns 1 when the products use AMX. Call before any product: the choice then holds for
  * the process. */
 int cg_amx(int want) {
     /* ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA */
-    amx_on = want && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-    return amx_on;
+    cg_amx_on = want && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    return cg_amx_on;
 }
 
 #include "tiles.h"
@@ -278,19 +278,19 @@ static inline __attribute__((always_inline)) void amx_many(int type, const uint8
     }
 }
 
-/* amx_tile for input row r (of M) alone, lanes the 16 weight rows: AVX-512 (one row is bound by reading
- * weights, not by arithmetic) */
+/* amx_tile for one input row, lanes the 16 weight rows: AVX-512 (one row is bound by reading weights, not
+ * by arithmetic; 2 or 3 rows this way, the tile's weights in cache, measured slower than the tiles) */
 static inline __attribute__((always_inline)) void avx512_row(int type, const uint8_t *W, int64_t bytes, int64_t units,
-                                                             const xprep *x, const amx_input *a, int M, int r,
-                                                             float *y, __m512i at) {
+                                                             const xprep *x, const amx_input *a, float *y,
+                                                             __m512i at) {
     __m512 acc = _mm512_setzero_ps(), moff = _mm512_setzero_ps(), d[16], m[8];
     uint8_t buf[16 * 32];
     int64_t stride;
     for (int64_t u = 0; u < units; u++) {
         prefetch_next_tile(W, bytes, u, units);
         if (amx_scale_index(type, u, 0) == 0) amx_scales(type, W, u, at, d, m);
-        __m512i xk = _mm512_loadu_si512((const void *)(x[r].xk + u * UNIT));
-        __m512 sk = _mm512_set1_ps(a->sk[u / a->per_group * 16 * M + r]);
+        __m512i xk = _mm512_loadu_si512((const void *)(x->xk + u * UNIT));
+        __m512 sk = _mm512_set1_ps(a->sk[u / a->per_group * 16]);
         /* all 32 weights at once (part 2): Q6_K's two parts come out of one tree */
         const uint8_t *q = amx_stage(type, W, bytes, u, 2, buf, &stride); /* before stride is read */
         __m512i dot[2];
@@ -298,7 +298,7 @@ static inline __attribute__((always_inline)) void avx512_row(int type, const uin
         for (int p = 0; p < amx_parts(type); p++) {
             int k = amx_scale_index(type, u, p);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[p]), _mm512_mul_ps(d[k], sk), acc);
-            if (type == G_Q4_K) moff = _mm512_fmadd_ps(m[k], _mm512_set1_ps(x[r].xs[u]), moff);
+            if (type == G_Q4_K) moff = _mm512_fmadd_ps(m[k], _mm512_set1_ps(x->xs[u]), moff);
         }
     }
     _mm512_storeu_ps(y, type == G_Q4_K ? _mm512_add_ps(acc, moff) : acc);
@@ -310,8 +310,8 @@ static inline __attribute__((always_inline)) void amx_tile(int type, const uint8
                                                            int64_t ldy) {
     const __m512i at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32((int)bytes));
-    if (M == 1) { /* running 2 or 3 rows this way, the tile's weights in cache, measured slower than AMX */
-        avx512_row(type, W, bytes, units, x, a, 1, 0, y, at);
+    if (M == 1) {
+        avx512_row(type, W, bytes, units, x, a, y, at);
         return;
     }
     switch (M) {
@@ -332,11 +332,17 @@ static void amx_row(int type, const uint8_t *row, int64_t units, const xprep *x,
             int16_t q[UNIT];
             float d, offset, sk = a->sk[u / a->per_group * 16 * M + m];
             unit_scalar(type, row, u, q, &d, &offset);
-            if (type == G_Q6_K) { /* q holds (v - 32) x the part's scale: divide it back out, exactly */
-                const int8_t *sc = (const int8_t *)(row + (u / 8) * 210 + 192) + 2 * (u % 8);
+            if (type == G_Q6_K) { /* the parts' raw values v - 32, as amx_stage decodes them, and scales */
+                const uint8_t *b = row + (u / 8) * 210;
+                int j = (int)(u % 8), h = j / 4, t = j % 4;
+                const uint8_t *ql = b + 64 * h + 32 * (t & 1), *qh = b + 128 + 32 * h;
+                const int8_t *sc = (const int8_t *)(b + 192) + 2 * j;
                 for (int p = 0; p < 2; p++) {
                     int32_t dot = 0;
-                    for (int i = 16 * p; i < 16 * p + 16; i++) dot += (int32_t)(sc[p] ? q[i] / sc[p] : 0) * x[m].xk[u * UNIT + i];
+                    for (int i = 16 * p; i < 16 * p + 16; i++) {
+                        int v = (t >= 2 ? ql[i] >> 4 : ql[i] & 0xF) | (((qh[i] >> (2 * t)) & 3) << 4);
+                        dot += (v - 32) * x[m].xk[u * UNIT + i];
+                    }
                     acc = fmaf((float)dot, d * (float)sc[p] * sk, acc);
                 }
                 continue;

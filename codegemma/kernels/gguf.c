@@ -502,8 +502,9 @@ int cg_gguf_linear(int n_w, const void *const *Ws, const int *types, const int64
     int failed = !buf || !yf;
 #ifdef GGUF_AMX
     int amx = 0;
-    for (int i = 0; i < n_w; i++) amx |= amx_on && amx_type(types[i]);
+    for (int i = 0; i < n_w; i++) amx |= cg_amx_on && amx_type(types[i]);
     amx_input packed = {0};
+    /* hi and lo bytes, then sk (at most one group per unit) and xs, 16 M floats per group or unit */
     void *packs = amx ? malloc((size_t)K * M * 2 + sizeof(float) * 32 * (size_t)M * units) : NULL;
     failed |= amx && !packs;
 #endif

@@ -1,4 +1,4 @@
-/* AMX tile configuration, shared by the Q8_0 (amx.h) and bfloat16 (ops.c) products. */
+/* AMX tile configuration, shared by the GGUF (amx.h) and bfloat16 (ops.c) products. */
 #ifndef CODEGEMMA_TILES_H
 #define CODEGEMMA_TILES_H
 
@@ -11,7 +11,7 @@ typedef struct {
     uint8_t rows[16];
 } __attribute__((packed)) tile_config;
 
-/* 1 when this process runs its Q8_0 and bfloat16 products on AMX tiles (set once by cg_amx, in gguf.c) */
+/* 1 when this process runs its GGUF and bfloat16 products on AMX tiles (set once by cg_amx, in gguf.c) */
 extern int cg_amx_on;
 
 /* Fetch a share of the lines of the next 16 weight rows (`bytes` each, contiguous after W's 16) at step
