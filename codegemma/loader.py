@@ -24,6 +24,7 @@ from codegemma.config import PRESETS
 from codegemma.engine import Engine
 from codegemma.errors import CheckpointError, CodegemmaError, ModelNotFoundError
 from codegemma.gguf.blocks import BLOCK_FORMATS, quantize_blocks
+from codegemma.gguf.chain import chain_for
 from codegemma.linear import use_native
 from codegemma.model import Transformer
 from codegemma.quant import quantize_int8
@@ -129,6 +130,8 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
                 raise  # asked for by name or path: an error
             # the default adapter is an improvement, not a requirement: without it the model completes left to right
             print(f"codegemma: {error}; completing left to right without the FIM adapter", file=sys.stderr)
+    # after the adapter: a model with LoRA projections keeps its layer-by-layer path
+    net.chain = chain_for(net)
     draft_net = None
     if draft is not None:
         draft_net, draft_tok, _ = _load_path(resolve(draft), torch_dtype, native)

@@ -260,6 +260,9 @@ class Transformer(nn.Module):
         # one or codegemma.quant's int8 one, called as lm_head(hidden, out_dtype)
         self.lm_head: nn.Module | None = None
         self._rope: dict[float, tuple[Tensor, Tensor]] = {}
+        # every layer in one native call for a few rows (codegemma.gguf.chain), when the loader set one up for
+        # the modules and caches as they are; setup_cache drops it
+        self.chain: Callable[[Tensor, int], Tensor] | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -270,6 +273,7 @@ class Transformer(nn.Module):
         norms' scales for inference (call again after changing weights)."""
         cfg, dtype = self.cfg, self.dtype
         self.max_len = max_len
+        self.chain = None  # it points at the caches and scales replaced here
         for norm in self.modules():
             if isinstance(norm, RMSNorm):
                 norm.freeze()
@@ -323,6 +327,8 @@ class Transformer(nn.Module):
         S = tokens.shape[1]
         end = start + S
         x = self.embed(tokens)
+        if slot is None and self.chain is not None and kernels.active(x):
+            return self.chain(x, start)
         q_pos, k_pos = torch.arange(start, end)[:, None], torch.arange(end)[None, :]
         causal = k_pos <= q_pos  # [S, end]; built per call: a [T, T] table would cost T^2 bytes
         masks = {False: causal, True: causal & (q_pos - k_pos < (self.cfg.sliding_window or end))}

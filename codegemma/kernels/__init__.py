@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCES = [Path(__file__).with_name(name) for name in ("ops.c", "gguf.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("ops.c", "gguf.c", "chain.c")]
 HEADERS = [Path(__file__).with_name(name) for name in ("numerics.h", "amx.h", "tiles.h")]
 MAX_ROWS = 16
 # CODEGEMMA_KERNELS_MARCH: the -march target (default native); e.g. x86-64-v2 for a build without AVX-512
@@ -133,6 +133,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_gguf_linear.argtypes = [i, p, p, p, p, i, i64, p, i, i, i64, i]
     lib.cg_gguf_dequantize.restype = i
     lib.cg_gguf_dequantize.argtypes = [p, i, i64, i64, i64, p, i]
+    lib.cg_gguf_layers.restype = i
+    lib.cg_gguf_layers.argtypes = [p, i, p, i, i64, p]
     lib.cg_amx.restype = i
     lib.cg_amx.argtypes = [i]
     # Products of several rows on AMX tiles where the CPU and kernel allow (CODEGEMMA_AMX=0: never).
@@ -339,3 +341,9 @@ def gguf_dequantize(raw: Tensor, qtype: int, k: int, first: int, n: int, out: Te
     if _lib.cg_gguf_dequantize(raw.data_ptr(), qtype, k, first, n, out.data_ptr(), int(out.dtype == torch.bfloat16)) != 0:
         raise ValueError(f"GGUF type {qtype} rows of {k} weights cannot be dequantized natively")
     return out
+
+
+def gguf_layers(shape: object, n: int, layers: object, rows: int, start: int, x: int) -> int:
+    """cg_gguf_layers (chain.c): n decoder layers described by `layers` over rows float32 rows at x, in
+    place; codegemma.gguf.chain builds the descriptions. Returns the native return code."""
+    return _lib.cg_gguf_layers(shape, n, layers, rows, start, x)

@@ -209,6 +209,14 @@ def test_speculative_and_batched_greedy_equal_plain_with_the_adapter(trained):
     assert requests[0].result.tokens == plain
 
 
+@pytest.mark.skipif(not kernels.available(), reason=kernels.unavailable_reason())
+def test_gguf_blocks_with_the_adapter_keep_the_layer_by_layer_path(trained):
+    model_dir, path = trained
+    # the chained layers (codegemma.gguf.chain) know GGUF products only, not the LoRA update on them
+    assert codegemma.load(str(model_dir), quant="q8_0", adapter="off").model.chain is not None
+    assert codegemma.load(str(model_dir), quant="q8_0", adapter=str(path)).model.chain is None
+
+
 def test_a_damaged_or_foreign_adapter_is_a_one_line_error(trained, tmp_path):
     model_dir, path = trained
     bad = tmp_path / "bad.safetensors"
