@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from torch import Tensor, nn
 
 from codegemma import kernels
 from codegemma.config import GemmaConfig
+
+if TYPE_CHECKING:
+    from codegemma.gguf.chain import DecoderChain
 
 
 class RMSNorm(nn.Module):
@@ -262,7 +266,7 @@ class Transformer(nn.Module):
         self._rope: dict[float, tuple[Tensor, Tensor]] = {}
         # every layer in one native call for a few rows (codegemma.gguf.chain), when the loader set one up for
         # the modules and caches as they are; setup_cache drops it
-        self.chain: Callable[[Tensor, int], Tensor] | None = None
+        self.chain: DecoderChain | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -346,7 +350,10 @@ class Transformer(nn.Module):
         if any(pos >= self.max_len for _, pos in rows):
             raise ValueError(f"a position exceeds the cache ({self.max_len})")
         x = self.embed(torch.tensor([list(tokens)]))  # [1, N, D]
-        for layer in self.model.layers:
-            cos, sin = self._rope[layer.self_attn.rope_base]
-            x = layer.step(x, rows, cos, sin)
+        if self.chain is not None and kernels.active(x):
+            x = self.chain.step(x, rows, [layer.self_attn.slot_caches for layer in self.model.layers])
+        else:
+            for layer in self.model.layers:
+                cos, sin = self._rope[layer.self_attn.rope_base]
+                x = layer.step(x, rows, cos, sin)
         return self.output(x)[0].float()

@@ -13,13 +13,14 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from codegemma import kernels
 from codegemma.gguf.native import GGUFLinear
-from codegemma.model import Transformer
+from codegemma.model import KVCache, Transformer
 
 _p, _i, _i64, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
 
@@ -70,9 +71,21 @@ class DecoderChain:
 
     def __call__(self, x: Tensor, start: int) -> Tensor:
         """x [1, M, D] float32 (M <= kernels.MAX_ROWS) at positions start.. -> the last layer's output."""
+        return self._run(x, start)
+
+    def step(self, x: Tensor, rows: Sequence[tuple[int, int]], caches: Sequence[Sequence[KVCache]]) -> Tensor:
+        """Batched decoding: x [1, M, D], row m of the sequence whose KV caches are caches[l][slot] (layer l)
+        at position pos, (slot, pos) = rows[m] -> the last layer's output."""
+        M = len(rows)
+        ks = [caches[l][slot].k.data_ptr() for l in range(len(self.layers)) for slot, _ in rows]
+        vs = [caches[l][slot].v.data_ptr() for l in range(len(self.layers)) for slot, _ in rows]
+        positions = (ctypes.c_int64 * M)(*[pos for _, pos in rows])
+        return self._run(x, 0, positions, (_p * len(ks))(*ks), (_p * len(vs))(*vs))
+
+    def _run(self, x: Tensor, start: int, *per_row: object) -> Tensor:
         out = x.contiguous().clone()
         rc = kernels.gguf_layers(ctypes.byref(self.shape), len(self.layers), self.layers, out.shape[1], start,
-                                 out.data_ptr())
+                                 out.data_ptr(), *per_row)
         if rc == -1:
             raise MemoryError("out of memory in the native decoder layers")
         if rc != 0:

@@ -134,7 +134,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_gguf_dequantize.restype = i
     lib.cg_gguf_dequantize.argtypes = [p, i, i64, i64, i64, p, i]
     lib.cg_gguf_layers.restype = i
-    lib.cg_gguf_layers.argtypes = [p, i, p, i, i64, p]
+    lib.cg_gguf_layers.argtypes = [p, i, p, i, i64, p, p, p, p]
     lib.cg_amx.restype = i
     lib.cg_amx.argtypes = [i]
     # Products of several rows on AMX tiles where the CPU and kernel allow (CODEGEMMA_AMX=0: never).
@@ -343,7 +343,9 @@ def gguf_dequantize(raw: Tensor, qtype: int, k: int, first: int, n: int, out: Te
     return out
 
 
-def gguf_layers(shape: object, n: int, layers: object, rows: int, start: int, x: int) -> int:
+def gguf_layers(shape: object, n: int, layers: object, rows: int, start: int, x: int, positions: object = None,
+                kcaches: object = None, vcaches: object = None) -> int:
     """cg_gguf_layers (chain.c): n decoder layers described by `layers` over rows float32 rows at x, in
-    place; codegemma.gguf.chain builds the descriptions. Returns the native return code."""
-    return _lib.cg_gguf_layers(shape, n, layers, rows, start, x)
+    place, at positions start.. of the layers' caches, or each row at its own position and caches
+    (batched decoding); codegemma.gguf.chain builds the descriptions. Returns the native return code."""
+    return _lib.cg_gguf_layers(shape, n, layers, rows, start, x, positions, kcaches, vcaches)

@@ -44,9 +44,12 @@ typedef struct {
     float eps, q_scale, softcap;
 } cg_shape;
 
-/* x [M, D] (float32, rows at positions start..) through n layers, in place. Returns 0, -1 out of memory, or
- * the first failing operation's code. */
-int cg_gguf_layers(const cg_shape *s, int n, const cg_layer *layers, int M, int64_t start, float *x) {
+/* x [M, D] (float32) through n layers, in place: rows at positions start.. of the layers' own caches, or
+ * (positions given) row m at positions[m] of its own sequence, whose keys and values for layer l are at
+ * kcaches[l * M + m] and vcaches[l * M + m] (batched decoding). Returns 0, -1 out of memory, or the first
+ * failing operation's code. */
+int cg_gguf_layers(const cg_shape *s, int n, const cg_layer *layers, int M, int64_t start, float *x,
+                   const int64_t *positions, float *const *kcaches, float *const *vcaches) {
     int64_t D = s->D, qkv_n = layers[0].qkv.N, att_n = (int64_t)s->H * s->Dh, ff = 0;
     for (int l = 0; l < n; l++)
         if (layers[l].gate_up.N / 2 > ff) ff = layers[l].gate_up.N / 2;
@@ -62,10 +65,19 @@ int cg_gguf_layers(const cg_shape *s, int n, const cg_layer *layers, int M, int6
         if ((rc = cg_add_norm(0, M, (int)D, s->eps, x, NULL, NULL, L->input_scale, NULL, h))) break;
         p = &L->qkv;
         if ((rc = cg_gguf_linear(p->n_w, p->Ws, p->types, p->Ns, h, 0, p->K, qkv, 0, M, p->K, 0))) break;
-        if ((rc = cg_attention(0, M, s->H, s->KV, s->Dh, start, s->max_len, L->window, s->q_scale, s->softcap, s->eps,
-                               qkv, L->qk_scale, L->cos + start * s->Dh, L->sin + start * s->Dh, L->kcache, L->vcache,
-                               att)))
-            break;
+        if (!positions) {
+            rc = cg_attention(0, M, s->H, s->KV, s->Dh, start, s->max_len, L->window, s->q_scale, s->softcap, s->eps,
+                              qkv, L->qk_scale, L->cos + start * s->Dh, L->sin + start * s->Dh, L->kcache, L->vcache,
+                              att);
+        } else {
+            for (int m = 0; m < M && rc == 0; m++) {
+                int64_t pos = positions[m];
+                rc = cg_attention(0, 1, s->H, s->KV, s->Dh, pos, s->max_len, L->window, s->q_scale, s->softcap, s->eps,
+                                  qkv + m * qkv_n, L->qk_scale, L->cos + pos * s->Dh, L->sin + pos * s->Dh,
+                                  kcaches[(int64_t)l * M + m], vcaches[(int64_t)l * M + m], att + m * att_n);
+            }
+        }
+        if (rc) break;
         p = &L->o;
         if ((rc = cg_gguf_linear(p->n_w, p->Ws, p->types, p->Ns, att, 0, p->K, o, 0, M, p->K, 0))) break;
         /* x + post(o), and the MLP's input norm of that */
