@@ -4,14 +4,14 @@ Decoding and verification pass 1 to kernels.MAX_ROWS rows through every layer; l
 native calls per layer, each with its Python module, argument conversion and result tensor, about 4 ms of a
 25 ms step of the embedded model on 2 cores. The chain describes every layer once (pointers to its GGUF
 matrices, norm scales, RoPE tables and KV cache) and runs the same native operations in the same order, so
-its rows are bit-identical to the layer-by-layer path, which stays for everything else (prefill blocks,
-batch slots, LoRA adapters, float weights).
+its rows are bit-identical to the layer-by-layer path, which stays for everything else (prefill blocks of
+more rows, LoRA adapters, float and int8 weights). Batched steps run through it too, each row against its
+own slot's cache at its own position.
 """
 
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 from collections.abc import Sequence
 
@@ -71,6 +71,8 @@ class DecoderChain:
 
     def __call__(self, x: Tensor, start: int) -> Tensor:
         """x [1, M, D] float32 (M <= kernels.MAX_ROWS) at positions start.. -> the last layer's output."""
+        if start < 0 or start + x.shape[1] > self.shape.max_len:
+            raise ValueError(f"positions {start}..{start + x.shape[1]} exceed the cache ({self.shape.max_len})")
         return self._run(x, start)
 
     def step(self, x: Tensor, rows: Sequence[tuple[int, int]], caches: Sequence[Sequence[KVCache]]) -> Tensor:
@@ -96,7 +98,9 @@ class DecoderChain:
 def chain_for(model: Transformer) -> DecoderChain | None:
     """The chain for `model` when every layer is GGUF blocks with frozen norms, float32 rows and the model's
     own KV cache set up; else None (the layer-by-layer path runs). CODEGEMMA_CHAIN=0: never (to compare)."""
-    if os.environ.get("CODEGEMMA_CHAIN", "1") == "0" or not kernels.available() or model.dtype != torch.float32 or model.max_len == 0:
+    if os.environ.get("CODEGEMMA_CHAIN", "1") == "0" or not kernels.available():
+        return None
+    if model.dtype != torch.float32 or model.max_len == 0:
         return None
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -105,6 +109,6 @@ def chain_for(model: Transformer) -> DecoderChain | None:
             return None
         if attn.kv_cache.k.dtype != torch.float32 or layer.input_layernorm.scale is None:
             return None
-        if attn.n_heads % attn.n_kv or not math.isfinite(model.cfg.q_scale):
+        if attn.n_heads % attn.n_kv:
             return None
     return DecoderChain(model)

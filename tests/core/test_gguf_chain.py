@@ -62,3 +62,9 @@ def test_new_caches_drop_the_chain(tmp_path):
     assert model.chain is not None
     model.setup_cache(256)  # new caches and norm scales: the chain named the old ones
     assert model.chain is None and chain_for(model) is not None
+
+
+def test_rows_past_the_cache_are_refused_not_written(tmp_path):
+    model = _blocks_engine(tmp_path, "gemma3").model
+    with torch.inference_mode(), pytest.raises(ValueError, match="exceed the cache"):
+        model.hidden(torch.tensor([[5, 6, 7]]), model.max_len - 2)
