@@ -10,9 +10,11 @@ A long prompt therefore delays the others' next tokens by one prefill block at m
 own sampler, stop rules, token budget, cancellation (`should_stop`) and deadline.
 
 A row's greedy tokens are the same alone as in a batch, and the same as `Engine.generate`'s: prefill runs
-in the same 64-aligned blocks, and the native products compute each row on its own. Speculative decoding
-stays with the single-request path (`Engine.generate`): not done yet here, drafts would ride in the same
-pass as further rows of their request, within the products' row limit.
+in the same 64-aligned blocks, and the native products compute each row on its own. Greedy requests draft
+as `Engine.generate` does where speculation is on (n-gram drafts over the prompt, `draft_sources` and the
+text so far, sized by the engine's measured verification cost): a request's draft tokens ride in the same
+decode pass as further rows of its sequence, within the products' row limit, and the longest prefix that
+the model's own argmax confirms is taken.
 
 `BatchEngine` runs a scheduler in a background thread behind the engine contract (`EngineProtocol`), so
 callers on many threads (fim's CompletionService workers) call `generate` at once.
@@ -30,6 +32,7 @@ import torch
 
 from codegemma import kernels
 from codegemma.contract import GenerateOptions
+from codegemma.drafters import NGramDrafter
 from codegemma.engine import Engine
 from codegemma.generate import PREFILL_BLOCK, Generation, GenStats, TextStream, prefill_block, take_token
 from codegemma.prompt_cache import common_prefix
@@ -56,6 +59,8 @@ class Request:
     pos: int = 0                 # positions [0, pos) of the slot hold this sequence's KV
     budget: int = 0
     next_token: int | None = None  # sampled, fed by the next decode pass
+    drafter: NGramDrafter | None = None  # greedy requests where speculation is on
+    history: list[int] = field(default_factory=list)  # prompt + tokens taken, for the drafter
     result: Generation | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -85,6 +90,8 @@ class Scheduler:
         self.engine = engine
         self.model = engine.model
         self.model.setup_slots(slots)
+        # decided here, in the thread that steps the model: measuring the verification cost runs passes on it
+        self.speculative = engine.draft_model is None and engine.speculative_default
         self.slots = [_Slot() for _ in range(slots)]
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []   # in admission order
@@ -95,9 +102,10 @@ class Scheduler:
         self._ids = 0
 
     def submit(self, prompt: Sequence[int], options: GenerateOptions = GenerateOptions(), *,
-               on_text: Callable[[str], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> Request:
-        """Queue a generation (checked as `Engine.generate` checks it); its result comes on the handle."""
+               on_text: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
+               draft_sources: Sequence[Sequence[int]] = ()) -> Request:
+        """Queue a generation (checked as `Engine.generate` checks it); its result comes on the handle.
+        `draft_sources`: extra token sequences the drafter may copy from, as for `Engine.generate`."""
         prompt = self.engine.check(prompt, options)
         tokenizer = self.engine.tokenizer
         with self._lock:
@@ -107,6 +115,13 @@ class Scheduler:
                           tokenizer.stop_ids if options.stop_ids is None else options.stop_ids, should_stop,
                           GenStats(prompt_tokens=len(prompt)))
             self._ids += 1
+            speculative = self.speculative if options.speculative is None else options.speculative
+            if speculative and seq.sampler.greedy and self.engine.draft_model is None:
+                # forced on: sized by acceptance alone (as Engine.generate does); else by the measured cost
+                cost = None if options.speculative is True else self.engine.verify_cost
+                seq.drafter = NGramDrafter(max_k=self.engine.max_draft, cost=cost)
+                seq.drafter.reset(prompt, draft_sources)
+                seq.history = list(prompt)
             self.waiting.append(seq)
         return seq
 
@@ -187,26 +202,75 @@ class Scheduler:
         batch = [s for s in self.active if s.next_token is not None]
         if not batch:
             return
+        drafts = self._drafts(batch)
+        tokens, rows = [], []
+        for seq, draft in zip(batch, drafts):
+            tokens += [seq.next_token, *draft]
+            rows += [(seq.slot, seq.pos + j) for j in range(1 + len(draft))]
         started = time.perf_counter()
         try:
-            logits = self.model.step([s.next_token for s in batch], [(s.slot, s.pos) for s in batch])  # [N, V]
+            logits = self.model.step(tokens, rows)  # [N, V]
         except Exception as error:  # noqa: BLE001 - every request in the pass gets the error
             for seq in batch:
                 self._fail(seq, error)
             return
         self.passes.append(("decode", tuple(s.id for s in batch)))
         elapsed = time.perf_counter() - started
-        for i, seq in enumerate(batch):
-            seq.pos += 1
+        first = 0
+        for seq, draft in zip(batch, drafts):
             seq.stats.forward_passes += 1
             seq.stats.verify_s += elapsed  # the pass it shared
-            self._take(seq, logits[i])
+            own = logits[first:first + 1 + len(draft)]
+            first += 1 + len(draft)
+            if not draft:
+                seq.pos += 1
+                self._take(seq, own[0])
+                continue
+            target = own.argmax(dim=-1).tolist()  # greedy: the model's choice after each of its rows
+            n = 0
+            while n < len(draft) and draft[n] == target[n]:
+                n += 1
+            seq.stats.drafted += len(draft)
+            seq.stats.accepted += n
+            seq.drafter.feedback(len(draft), n)
+            seq.pos += 1 + n  # the pass wrote KV for the token and every accepted draft token
+            self._take_confirmed(seq, [*draft[:n], target[n]])
 
-    def _take(self, seq: Request, logits: torch.Tensor) -> None:
-        """Sample the sequence's next token from `logits` [V] and apply its stop rules."""
+    def _drafts(self, batch: list[Request]) -> list[list[int]]:
+        """Each sequence's draft for this pass (empty without a drafter), all rows within the products'
+        limit: a sequence may add rows while the others keep one each."""
+        room = kernels.MAX_ROWS - len(batch)
+        out = []
+        for seq in batch:
+            draft: list[int] = []
+            if seq.drafter is not None and room > 0:
+                k = min(self.engine.max_draft, room, seq.budget - seq.stats.new_tokens - 1,
+                        self.model.max_len - 1 - seq.pos)
+                if k > 0:
+                    td = time.perf_counter()
+                    draft = seq.drafter.propose(seq.history, k)[0][:k]
+                    seq.stats.draft_s += time.perf_counter() - td
+            room -= len(draft)
+            out.append(draft)
+        return out
+
+    def _take_confirmed(self, seq: Request, tokens: list[int]) -> None:
+        """Take accepted draft tokens and the model's next choice after them, in order, until one ends the
+        sequence; the last one is fed by the next pass."""
+        for token in tokens[:-1]:
+            self._take(seq, token, feed=False)
+            if seq.done.is_set():
+                return
+        self._take(seq, tokens[-1])
+
+    def _take(self, seq: Request, choice: torch.Tensor | int, feed: bool = True) -> None:
+        """Take the sequence's next token (sampled from logits [V], or already chosen) and apply its stop
+        rules; `feed`: the next pass feeds it (an accepted draft token has its KV already)."""
         seq.next_token = None
         try:
-            token = seq.sampler.sample(logits)
+            token = choice if isinstance(choice, int) else seq.sampler.sample(choice)
+            if seq.drafter is not None:
+                seq.history.append(token)
             if seq.stats.new_tokens == 0:
                 seq.stats.ttft_s = time.perf_counter() - seq.t0
             reason = take_token(token, seq.stream, seq.stats, seq.stop_ids, self.engine.tokenizer.eos_id)
@@ -217,7 +281,7 @@ class Scheduler:
             reason = "max_tokens" if seq.budget == seq.options.max_new_tokens else "context"
         if reason:
             self._finish(seq, reason)
-        else:
+        elif feed:
             seq.next_token = token
 
     def _release(self, seq: Request) -> None:
@@ -276,12 +340,13 @@ class BatchEngine:
     def generate(self, prompt: Sequence[int], options: GenerateOptions = GenerateOptions(), *,
                  on_text: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
                  draft_sources: Sequence[Sequence[int]] = ()) -> Generation:
-        """As `Engine.generate`, decoded in a batch with the other callers' requests; without speculation,
-        so `draft_sources` and `options.speculative` are not used."""
+        """As `Engine.generate`, decoded in a batch with the other callers' requests (greedy ones draft
+        where speculation is on, from the prompt, `draft_sources` and their own text)."""
         with self._wake:  # a request is either refused here or ended by the thread, never left waiting
             if self._closed:
                 raise RuntimeError("the batch engine is closed")
-            seq = self.scheduler.submit(prompt, options, on_text=on_text, should_stop=should_stop)
+            seq = self.scheduler.submit(prompt, options, on_text=on_text, should_stop=should_stop,
+                                        draft_sources=draft_sources)
             self._wake.notify()
         seq.done.wait()
         if seq.error is not None:

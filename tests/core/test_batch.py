@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from gguf import GGMLQuantizationType as Q
@@ -54,14 +55,23 @@ def engine(request, tmp_path_factory, monkeypatch):
 
 def test_greedy_tokens_are_the_same_alone_and_in_a_batch_of_four(engine):
     prompts = _prompts(engine.tokenizer.vocab_size)
-    single = [engine.generate(p, GREEDY).tokens for p in prompts]  # the single-request path
+    plain = replace(GREEDY, speculative=False)
+    single = [engine.generate(p, plain).tokens for p in prompts]  # the single-request path
     scheduler = Scheduler(engine, slots=4)
-    alone = [_run(scheduler, [scheduler.submit(p, GREEDY)])[0] for p in prompts]
-    requests = [scheduler.submit(p, GREEDY) for p in prompts]
+    alone = [_run(scheduler, [scheduler.submit(p, plain)])[0] for p in prompts]
+    requests = [scheduler.submit(p, plain) for p in prompts]
     together = _run(scheduler, requests)
     assert ("decode", tuple(r.id for r in requests)) in scheduler.passes  # four rows in one forward pass
     assert all(len(t) == GREEDY.max_new_tokens for t in together)
     assert together == alone == single
+    # drafting (forced on): each request's drafts ride as further rows of the shared passes, and what the
+    # model confirms is exactly what plain greedy decoding gives
+    drafting = replace(GREEDY, speculative=True)
+    sources = [p[1:] * 2 for p in prompts]  # copies to draft from: some drafts are accepted
+    requests = [scheduler.submit(p, drafting, draft_sources=[s]) for p, s in zip(prompts, sources)]
+    assert _run(scheduler, requests) == single
+    assert sum(r.result.stats.drafted for r in requests) > 0
+    assert any(kind == "decode" and len(ids) > 1 for kind, ids in list(scheduler.passes)[-64:])
 
 
 def test_cancelling_one_request_leaves_the_others_unchanged():
@@ -101,7 +111,8 @@ def test_a_long_prefill_delays_another_request_by_one_block_at_most():
     engine = codegemma.load(tiny_checkpoint(), dtype="fp32")
     short, long = _prompts(engine.tokenizer.vocab_size, lengths=(10, 10 * PREFILL_BLOCK), seed=2)
     scheduler = Scheduler(engine, slots=2)
-    options = GenerateOptions(max_new_tokens=30, stop_ids=frozenset(), reuse_prompt=False)
+    # one pass per token (no drafts), so that passes count tokens
+    options = GenerateOptions(max_new_tokens=30, stop_ids=frozenset(), reuse_prompt=False, speculative=False)
     a = scheduler.submit(short, options)
     while a.stats.new_tokens == 0:
         scheduler.step()
