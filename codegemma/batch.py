@@ -32,9 +32,10 @@ import torch
 
 from codegemma import kernels
 from codegemma.contract import GenerateOptions
-from codegemma.drafters import NGramDrafter
+from codegemma.drafters import Drafter
 from codegemma.engine import Engine
-from codegemma.generate import PREFILL_BLOCK, Generation, GenStats, TextStream, prefill_block, take_token
+from codegemma.generate import (PREFILL_BLOCK, Generation, GenStats, TextStream, greedy_accepted, prefill_block,
+                                take_token)
 from codegemma.prompt_cache import common_prefix
 from codegemma.sampling import Sampler
 from codegemma.tokenizer import Tokenizer
@@ -59,7 +60,7 @@ class Request:
     pos: int = 0                 # positions [0, pos) of the slot hold this sequence's KV
     budget: int = 0
     next_token: int | None = None  # sampled, fed by the next decode pass
-    drafter: NGramDrafter | None = None  # greedy requests where speculation is on
+    drafter: Drafter | None = None  # n-gram drafts of greedy requests where speculation is on
     history: list[int] = field(default_factory=list)  # prompt + tokens taken, for the drafter
     result: Generation | None = None
     error: BaseException | None = None
@@ -91,7 +92,7 @@ class Scheduler:
         self.model = engine.model
         self.model.setup_slots(slots)
         # decided here, in the thread that steps the model: measuring the verification cost runs passes on it
-        self.speculative = engine.draft_model is None and engine.speculative_default
+        self.speculative = engine.speculative_default
         self.slots = [_Slot() for _ in range(slots)]
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []   # in admission order
@@ -116,10 +117,8 @@ class Scheduler:
                           GenStats(prompt_tokens=len(prompt)))
             self._ids += 1
             speculative = self.speculative if options.speculative is None else options.speculative
-            if speculative and seq.sampler.greedy and self.engine.draft_model is None:
-                # forced on: sized by acceptance alone (as Engine.generate does); else by the measured cost
-                cost = None if options.speculative is True else self.engine.verify_cost
-                seq.drafter = NGramDrafter(max_k=self.engine.max_draft, cost=cost)
+            if speculative and seq.sampler.greedy and self.engine.draft_model is None:  # n-gram drafts only
+                seq.drafter = self.engine.drafter(seq.sampler, forced=options.speculative is True)
                 seq.drafter.reset(prompt, draft_sources)
                 seq.history = list(prompt)
             self.waiting.append(seq)
@@ -226,15 +225,12 @@ class Scheduler:
                 seq.pos += 1
                 self._take(seq, own[0])
                 continue
-            target = own.argmax(dim=-1).tolist()  # greedy: the model's choice after each of its rows
-            n = 0
-            while n < len(draft) and draft[n] == target[n]:
-                n += 1
+            n = greedy_accepted(draft, own)
             seq.stats.drafted += len(draft)
             seq.stats.accepted += n
             seq.drafter.feedback(len(draft), n)
             seq.pos += 1 + n  # the pass wrote KV for the token and every accepted draft token
-            self._take_confirmed(seq, [*draft[:n], target[n]])
+            self._take_confirmed(seq, [*draft[:n], int(own[n].argmax())])
 
     def _drafts(self, batch: list[Request]) -> list[list[int]]:
         """Each sequence's draft for this pass (empty without a drafter), all rows within the products'

@@ -87,7 +87,7 @@ class Engine:
             raise ValueError("max_new_tokens must be at least 1")
         return prompt
 
-    def _drafter(self, sampler: Sampler, forced: bool) -> Drafter:
+    def drafter(self, sampler: Sampler, forced: bool) -> Drafter:
         """The draft model if there is one, else n-gram drafts sized by the measured verification cost, or
         (speculation forced on by the caller) by acceptance alone, so that drafting never stops for cost."""
         if self.draft_model is not None:
@@ -106,7 +106,7 @@ class Engine:
         speculative = self.speculative_default if options.speculative is None else options.speculative
         # before the prompt cache is arranged: the first drafter measures the verification cost, which
         # overwrites the model's KV cache
-        drafter = self._drafter(sampler, forced=options.speculative is True) if speculative else None
+        drafter = self.drafter(sampler, forced=options.speculative is True) if speculative else None
         cached = self.prompt_cache.prepare(prompt, options.cache_key) if options.reuse_prompt else 0
         if not options.reuse_prompt:
             self.prompt_cache.commit([], None)

@@ -105,10 +105,7 @@ def verify(model: Transformer, token: int, draft: list[int], draft_probs: Tensor
     with torch.inference_mode():
         logits = model(torch.tensor([[token, *draft]]), torch.arange(pos, pos + 1 + len(draft)))[0]  # [1+k, V]
     if sampler.greedy:
-        target = torch.argmax(logits[:len(draft)], dim=-1).tolist() if draft else []
-        n = 0
-        while n < len(draft) and draft[n] == target[n]:
-            n += 1
+        n = greedy_accepted(draft, logits)
         return draft[:n], logits[n], None
     for i, d in enumerate(draft):
         forced = accept_or_resample(sampler.probs(logits[i]), draft_probs[i] if draft_probs is not None else None,
@@ -116,6 +113,16 @@ def verify(model: Transformer, token: int, draft: list[int], draft_probs: Tensor
         if forced is not None:
             return draft[:i], None, forced
     return draft, logits[len(draft)], None
+
+
+def greedy_accepted(draft: Sequence[int], logits: Tensor) -> int:
+    """How many leading draft tokens greedy decoding confirms: draft[i] must be the argmax of logits[i], the
+    logits [>= len(draft), V] after the token before it."""
+    target = torch.argmax(logits[:len(draft)], dim=-1).tolist() if draft else []
+    n = 0
+    while n < len(draft) and draft[n] == target[n]:
+        n += 1
+    return n
 
 
 def accept_or_resample(p: Tensor, q: Tensor | None, d: int, sampler: Sampler) -> int | None:
