@@ -36,6 +36,7 @@ from codegemma.drafters import Drafter
 from codegemma.engine import Engine
 from codegemma.generate import (PREFILL_BLOCK, Generation, GenStats, TextStream, greedy_accepted, prefill_block,
                                 take_token)
+from codegemma.memory import release_freed_memory
 from codegemma.prompt_cache import common_prefix
 from codegemma.sampling import Sampler
 from codegemma.tokenizer import Tokenizer
@@ -188,6 +189,7 @@ class Scheduler:
         if logits is None:
             return
         seq.stats.forward_passes = 1
+        release_freed_memory()  # the prompt's blocks' activations
         seq.stats.prefill_s = time.perf_counter() - seq.t0
         if seq.options.reuse_prompt:
             self.slots[seq.slot].tokens = list(seq.prompt)  # prefill's KV, reusable by the slot's next prompt

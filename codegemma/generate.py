@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from codegemma.drafters import Drafter
+from codegemma.memory import release_freed_memory
 from codegemma.model import Transformer
 from codegemma.sampling import Sampler
 
@@ -76,6 +77,7 @@ def prefill(model: Transformer, tokens: Sequence[int], start: int,
         if should_stop is not None and lo > start and should_stop():
             return None
         logits = prefill_block(model, tokens, lo)
+    release_freed_memory()  # the blocks' activations
     return logits
 
 

@@ -101,6 +101,41 @@ def test_residual_norm_matches_torch(dtype):
             _close(got[1], want[1], 1e-5 if dtype == torch.float32 else 1e-2)
 
 
+@pytest.mark.parametrize("head_dim", [16, 128, 256])
+@pytest.mark.parametrize("window,softcap", [(None, None), (21, None), (None, 50.0)])
+def test_attention_matches_softmax_and_rows_stand_alone(head_dim, window, softcap):
+    """Native attention over a float32 cache (no q/k norm, RoPE at angle 0) against softmax(q k^T) v on the
+    positions each row sees, for rows starting off a 16-key group; and a row's output is bit for bit the same
+    whether it is computed alone or with 8 others (speculative verification relies on it)."""
+    gen = torch.Generator().manual_seed(head_dim)
+    H, KV, D, L, start, S = 4, 2, head_dim, 96, 37, 9
+    keys, values = torch.randn(1, KV, L, D, generator=gen), torch.randn(1, KV, L, D, generator=gen)
+    qkv = torch.randn(1, S, (H + 2 * KV) * D, generator=gen)
+    cos, sin = torch.ones(L, D), torch.zeros(L, D)
+
+    def run(alone: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = keys.clone(), values.clone()
+        calls = [(i, qkv[:, i:i + 1]) for i in range(S)] if alone else [(0, qkv)]
+        outs = [kernels.attention(rows, H, KV, D, start + i, k, v, cos[start + i:], sin[start + i:], None,
+                                  D ** -0.5, softcap, window, 1e-6) for i, rows in calls]
+        return torch.cat(outs, dim=1), k
+
+    (together, k), (alone, _) = run(False), run(True)
+    q = qkv.view(S, H + 2 * KV, D)
+    for s in range(S):
+        pos = start + s
+        lo = max(0, pos - window + 1) if window else 0
+        for h in range(H):
+            scores = k[0, h // (H // KV), lo:pos + 1] @ q[s, h] * D ** -0.5
+            if softcap:
+                scores = torch.tanh(scores / softcap) * softcap
+            want = torch.softmax(scores, -1) @ values.clone().index_copy_(
+                2, torch.arange(start, start + S), q[:, H + KV:].permute(1, 0, 2)[None])[0, h // (H // KV), lo:pos + 1]
+            got = together[0, s, h * D:(h + 1) * D]
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), (s, h, (got - want).abs().max())
+    assert torch.equal(alone, together)
+
+
 @pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3"])
 @pytest.mark.parametrize("mode", ["fp32", "bf16", "int8"])
 def test_decoding_matches_torch_path(arch, mode):
