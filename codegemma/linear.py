@@ -68,14 +68,28 @@ class NativeLinear(nn.Module):
     def torch_product(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def torch_products(self, xs: list[Tensor]) -> list[Tensor]:
+        """torch_product of each x; formats that prepare their weights per product do it once for all."""
+        return [self.torch_product(x) for x in xs]
+
     def forward(self, x: Tensor, out_dtype: torch.dtype | None = None, glu: bool = False) -> Tensor:
         if self.native is not None and kernels.active(x):
             return self.native(x, out_dtype, glu)
-        y = self.torch_product(x)
-        if glu:
-            gate, up = y.chunk(2, dim=-1)
-            y = F.gelu(gate, approximate="tanh") * up
-        return y if out_dtype is None else y.to(out_dtype)
+        return _finish(self.torch_product(x), glu, out_dtype)
+
+    def many(self, xs: list[Tensor], glu: bool = False) -> list[Tensor]:
+        """forward(x) of each x (prefill blocks), each the same as alone."""
+        if self.native is not None and any(kernels.active(x) for x in xs):
+            return [self(x, glu=glu) for x in xs]
+        return [_finish(y, glu, None) for y in self.torch_products(xs)]
+
+
+def _finish(y: Tensor, glu: bool, out_dtype: torch.dtype | None) -> Tensor:
+    """A product's outputs as forward gives them: with glu, a gate and values side by side -> GeGLU."""
+    if glu:
+        gate, up = y.chunk(2, dim=-1)
+        y = F.gelu(gate, approximate="tanh") * up
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 class FusedLinear(NativeLinear):

@@ -7,13 +7,15 @@ import random
 import pytest
 import torch
 
+import codegemma
+import codegemma.generate as generate_module
 from codegemma import GenerateOptions
 from codegemma.drafters import ModelDrafter, NGramDrafter
 from codegemma.errors import PromptTooLongError, TokenizerError
-from codegemma.generate import PREFILL_BLOCK, TextStream, accept_or_resample, generate, prefill
+from codegemma.generate import PREFILL_BLOCK, TextStream, accept_or_resample, generate, prefill, prefill_block
 from codegemma.prompt_cache import PromptCache
 from codegemma.sampling import Sampler
-from tests.tiny import random_model, tiny_config, tiny_engine
+from tests.tiny import random_model, tiny_config, tiny_engine, write_checkpoint
 
 CODE = [
     "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
@@ -202,3 +204,25 @@ def test_a_top_p_below_float32_range_keeps_the_most_likely_token():
     probs = sampler.probs(logits)
     assert torch.equal(probs, torch.tensor([0.0, 1.0, 0.0, 0.0]))
     assert sampler.sample(logits) == 1
+
+
+@pytest.mark.parametrize("quant", [None, "q8_0"])
+@pytest.mark.parametrize("extra", [40, 10])  # a last block of the PyTorch path, or of the native kernels
+def test_prefill_in_groups_of_blocks_equals_block_by_block(tmp_path, monkeypatch, quant, extra):
+    """prefill() takes several blocks through the layers together (GGUF blocks dequantized once for all):
+    the logits and every layer's keys and values are those of a block-by-block prefill, bit for bit."""
+    monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(generate_module, "PREFILL_GROUP", 2)  # three groups: 2 + 2 + the rest
+    model = codegemma.load(str(write_checkpoint(tmp_path / "tiny", tiny_config("gemma3"), seed=4)), quant=quant).model
+    tokens = [2, *[(7 * i) % 200 + 6 for i in range(4 * PREFILL_BLOCK + extra)]]
+
+    def caches() -> torch.Tensor:
+        n = len(tokens)
+        return torch.cat([torch.cat([a.kv_cache.k[:, :, :n], a.kv_cache.v[:, :, :n]])
+                          for a in (layer.self_attn for layer in model.model.layers)])
+
+    grouped = prefill(model, tokens, 0)
+    grouped_kv = caches().clone()
+    for lo in range(0, len(tokens), PREFILL_BLOCK):
+        alone = prefill_block(model, tokens, lo)
+    assert torch.equal(grouped, alone) and torch.equal(grouped_kv, caches())
