@@ -4,7 +4,8 @@ A `Scheduler` owns `slots` KV caches of the model (`Transformer.setup_slots`), o
 memory is bounded by the number of slots. Each `step()`:
 1. admits waiting requests into free slots, each into the slot whose last prompt shares the longest prefix
    with it (that prefix's KV is reused, rounded down to a prefill block as `PromptCache` does);
-2. runs at most one prefill block (`PREFILL_BLOCK` tokens) of one sequence, the oldest still prefilling;
+2. runs at most one prefill block (`PREFILL_BLOCK` tokens) of one sequence, the oldest still prefilling, or
+   up to `PREFILL_GROUP` blocks through the layers together while no other sequence decodes;
 3. runs one decode pass carrying the next token of every decoding sequence (`Transformer.step`).
 A long prompt therefore delays the others' next tokens by one prefill block at most. Each sequence keeps its
 own sampler, stop rules, token budget, cancellation (`should_stop`) and deadline.
@@ -34,8 +35,8 @@ from codegemma import kernels
 from codegemma.contract import GenerateOptions
 from codegemma.drafters import Drafter
 from codegemma.engine import Engine
-from codegemma.generate import (PREFILL_BLOCK, Generation, GenStats, TextStream, greedy_accepted, prefill_block,
-                                take_token)
+from codegemma.generate import (PREFILL_BLOCK, PREFILL_GROUP, Generation, GenStats, TextStream, greedy_accepted,
+                                prefill_block, take_token)
 from codegemma.memory import release_freed_memory
 from codegemma.prompt_cache import common_prefix
 from codegemma.sampling import Sampler
@@ -179,13 +180,22 @@ class Scheduler:
         if seq.pos > seq.stats.cached_tokens and seq.interrupted():  # polled between blocks, as prefill() does
             self._finish(seq, "cancelled")
             return
+        # while no other sequence decodes, nobody's next token waits: several blocks go through the layers
+        # together, as Engine.generate's prefill takes them
+        alone = all(s is seq or s.pos < len(s.prompt) for s in self.active)
+        blocks = PREFILL_GROUP if alone else 1
         try:
-            logits = prefill_block(self.model, seq.prompt, seq.pos, seq.slot)
+            logits = prefill_block(self.model, seq.prompt, seq.pos, seq.slot, blocks,
+                                   lambda: seq.interrupted() is not None)
         except Exception as error:  # noqa: BLE001 - the error belongs to this request's caller
             self._fail(seq, error)
             return
+        reason = seq.interrupted() if blocks > 1 else None  # polled inside the pass too: its KV may be partial
+        if reason:
+            self._finish(seq, reason)
+            return
         self.passes.append(("prefill", (seq.id,)))
-        seq.pos = min(seq.pos + PREFILL_BLOCK, len(seq.prompt))
+        seq.pos = min(seq.pos + blocks * PREFILL_BLOCK, len(seq.prompt))
         if logits is None:
             return
         seq.stats.forward_passes = 1

@@ -100,12 +100,18 @@ def prefill(model: Transformer, tokens: Sequence[int], start: int,
 
 
 @torch.inference_mode()
-def prefill_block(model: Transformer, tokens: Sequence[int], lo: int, slot: int | None = None) -> Tensor | None:
-    """Compute KV for the block tokens[lo:lo + PREFILL_BLOCK] (lo a multiple of PREFILL_BLOCK) in the model's
-    cache or batch slot `slot`; the logits [V] after the last token when the block ends `tokens`, else None."""
-    piece = tokens[lo:lo + PREFILL_BLOCK]
-    h = model.hidden(torch.tensor([piece]), lo, slot)
-    if lo + len(piece) < len(tokens):
+def prefill_block(model: Transformer, tokens: Sequence[int], lo: int, slot: int | None = None,
+                  blocks: int = 1, should_stop: Callable[[], bool] | None = None) -> Tensor | None:
+    """Compute KV for `blocks` blocks tokens[lo:lo + blocks * PREFILL_BLOCK] (lo a multiple of PREFILL_BLOCK) in
+    the model's cache or batch slot `slot`, several through the layers together (the same KV as one at a
+    time); the logits [V] after the last token when they end `tokens`, else None. With several blocks,
+    `should_stop` is polled between layers: None then too, and the blocks' KV is not valid."""
+    piece = torch.tensor([tokens[lo:lo + blocks * PREFILL_BLOCK]])
+    if blocks == 1:
+        h = model.hidden(piece, lo, slot)
+    else:
+        h = model.hidden_blocks(piece, lo, PREFILL_BLOCK, should_stop, slot)
+    if h is None or lo + piece.shape[1] < len(tokens):
         return None  # only the last position's logits are needed: skip the big output layer for the rest
     return model.output(h[:, -1:]).float()[0, -1]
 

@@ -135,11 +135,13 @@ class Attention(nn.Module):
         return self.o_proj(self._context(self.project(x), start, cos, sin, mask, cache))
 
     def blocks(self, xs: list[Tensor], bounds: Sequence[tuple[int, int]], cos: Tensor, sin: Tensor,
-               masks: Sequence[Tensor]) -> list[Tensor]:
+               masks: Sequence[Tensor], slot: int | None = None) -> list[Tensor]:
         """forward() of consecutive prefill blocks xs[i] at positions bounds[i] = (lo, hi) against the model's
-        cache, in order, each projection over all of them at once (`many`); cos/sin are the whole tables."""
+        cache or a batch slot's, in order, each projection over all of them at once (`many`); cos/sin are the
+        whole tables."""
+        cache = self.kv_cache if slot is None else self.slot_caches[slot]
         qkvs = many(self.qkv, xs) if self.qkv is not None else [self.project(x) for x in xs]
-        ctxs = [self._context(qkv, lo, cos[lo:hi], sin[lo:hi], mask, self.kv_cache)
+        ctxs = [self._context(qkv, lo, cos[lo:hi], sin[lo:hi], mask, cache)
                 for qkv, (lo, hi), mask in zip(qkvs, bounds, masks)]
         return many(self.o_proj, ctxs)
 
@@ -379,10 +381,10 @@ class Transformer(nn.Module):
         causal = k_pos <= q_pos  # built per call: a [T, T] table would cost T^2 bytes
         return {False: causal, True: causal & (q_pos - k_pos < (self.cfg.sliding_window or end))}
 
-    def hidden_blocks(self, tokens: Tensor, start: int, block: int,
-                      should_stop: Callable[[], bool] | None = None) -> Tensor | None:
-        """hidden() of each block of `block` positions of tokens [1, S] at start.., with the model's cache; the
-        last block's hidden states. Layer by layer, so that each projection prepares its weights once for all
+    def hidden_blocks(self, tokens: Tensor, start: int, block: int, should_stop: Callable[[], bool] | None = None,
+                      slot: int | None = None) -> Tensor | None:
+        """hidden() of each block of `block` positions of tokens [1, S] at start.., with the model's KV cache or
+        the batch slot's `slot`; the last block's hidden states. Layer by layer, so that each projection prepares its weights once for all
         blocks (a GGUF model otherwise dequantizes every weight once per block: 18% of a prefill's time).
         Each block goes through the operations hidden() runs on it alone, never the chain, so the caches are
         the same bit for bit. None when `should_stop` (polled between layers) asked to stop; the blocks'
@@ -396,7 +398,7 @@ class Transformer(nn.Module):
                 return None
             attn = layer.self_attn
             cos, sin = self._rope[attn.rope_base]
-            xs = layer.blocks(xs, lambda hs: attn.blocks(hs, bounds, cos, sin, [m[attn.sliding] for m in masks]))
+            xs = layer.blocks(xs, lambda hs: attn.blocks(hs, bounds, cos, sin, [m[attn.sliding] for m in masks], slot))
         return xs[-1]
 
     @torch.inference_mode()

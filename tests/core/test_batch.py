@@ -89,6 +89,25 @@ def test_cancelling_one_request_leaves_the_others_unchanged():
     assert all(scheduler.slots[r.slot].seq is None for r in requests)  # every slot freed
 
 
+def test_a_lone_long_prompt_prefills_in_groups_and_cancels_inside_one():
+    """With nobody else decoding a long prompt's blocks go through the layers together (fewer prefill passes,
+    the same tokens as Engine.generate); a cancel that arrives inside such a pass ends the request there, and
+    the slot then serves the next request correctly."""
+    engine = codegemma.load(tiny_checkpoint(), dtype="fp32")
+    long, other = _prompts(engine.tokenizer.vocab_size, lengths=(10 * PREFILL_BLOCK, 90), seed=3)
+    scheduler = Scheduler(engine, slots=1)
+    options = replace(GREEDY, speculative=False)
+    (tokens,) = _run(scheduler, [scheduler.submit(long, options)])
+    assert tokens == engine.generate(long, options).tokens
+    assert len([p for p in scheduler.passes if p[0] == "prefill"]) < -(-len(long) // PREFILL_BLOCK)
+    polls = []  # the cancel comes on the third poll (admission, then between layers): inside the first pass
+    request = scheduler.submit(long, options, should_stop=lambda: polls.append(1) or len(polls) >= 3)
+    _run(scheduler, [request])
+    assert request.result.stop_reason == "cancelled" and request.result.tokens == []
+    (after,) = _run(scheduler, [scheduler.submit(other, options)])
+    assert after == engine.generate(other, options).tokens
+
+
 def test_each_request_keeps_its_own_stop_rules_budget_and_deadline():
     engine = codegemma.load(tiny_checkpoint(), dtype="fp32")
     prompts = _prompts(engine.tokenizer.vocab_size, seed=5)
