@@ -1,7 +1,7 @@
 """Batched decoding (codegemma.batch): a request's greedy tokens are the same alone, inside a batch of four
 different prompts and through `Engine.generate`, in every weight format (float32, bfloat16, int8, GGUF
 blocks); cancelling one request leaves the others' tokens unchanged; a long prefill delays another request's
-next token by one prefill block at most (counted in forward passes); a slot reuses its last prompt's KV
+next token by one prefill chunk at most (counted in forward passes); a slot reuses its last prompt's KV
 bit-identically; the threaded BatchEngine serves concurrent callers."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType as Q
 
 import codegemma
 from codegemma import kernels
-from codegemma.batch import BatchEngine, Scheduler
+from codegemma.batch import PREFILL_CHUNK, BatchEngine, Scheduler
 from codegemma.contract import GenerateOptions
 from codegemma.generate import PREFILL_BLOCK
 from tests.core.test_gguf_native import write_tiny
@@ -126,7 +126,7 @@ def test_each_request_keeps_its_own_stop_rules_budget_and_deadline():
     assert [g[2] for g in got[:3]] == ["stop_string", "max_tokens", "deadline"]
 
 
-def test_a_long_prefill_delays_another_request_by_one_block_at_most():
+def test_a_long_prefill_delays_another_request_by_one_chunk_at_most():
     engine = codegemma.load(tiny_checkpoint(), dtype="fp32")
     short, long = _prompts(engine.tokenizer.vocab_size, lengths=(10, 10 * PREFILL_BLOCK), seed=2)
     scheduler = Scheduler(engine, slots=2)
@@ -141,7 +141,7 @@ def test_a_long_prefill_delays_another_request_by_one_block_at_most():
     a_steps = [i for i, (kind, ids) in enumerate(passes) if kind == "decode" and a.id in ids]
     assert len(a_steps) == len(a.result.tokens) - 1  # the first token came from a's prefill
     b_prefills = [i for i, (kind, ids) in enumerate(passes) if kind == "prefill" and ids == (b.id,)]
-    assert len(b_prefills) == -(-len(long) // PREFILL_BLOCK)
+    assert len(b_prefills) == -(-len(long) // (PREFILL_CHUNK * PREFILL_BLOCK))  # a chunk a pass
     assert a_steps[0] < b_prefills[0] < b_prefills[-1] < a_steps[-1]  # b's prefill ran while a decoded
     for before, after in zip(a_steps, a_steps[1:]):
         between = [kind for kind, _ in passes[before + 1:after]]
