@@ -73,7 +73,7 @@ PREFILL_GROUP = 8
 def prefill(model: Transformer, tokens: Sequence[int], start: int,
             should_stop: Callable[[], bool] | None = None) -> Tensor | None:
     """Compute KV for tokens[start:] (positions start..) and return the logits [V] after the last one,
-    or None when `should_stop` (polled between blocks) asked to stop."""
+    or None when `should_stop` (polled between layers) asked to stop."""
     if start % PREFILL_BLOCK:
         raise ValueError(f"prefill must start on a multiple of {PREFILL_BLOCK}, not {start}")
     # Blocks of more rows than the native kernels take go through the layers together, PREFILL_GROUP at a

@@ -11,7 +11,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-_trim = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None) if ctypes.util.find_library("c") else None
+_libc = ctypes.util.find_library("c")
+_trim = getattr(ctypes.CDLL(_libc), "malloc_trim", None) if _libc else None
 
 
 def release_freed_memory() -> None:

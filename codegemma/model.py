@@ -271,7 +271,8 @@ class DecoderLayer(nn.Module):
         mlp = mlp or self.mlp.blocks
         hs = attend([self.input_layernorm(x) for x in xs])
         if self.sandwich:
-            pairs = [add_norm(x, h, self.post_attention_layernorm, self.pre_feedforward_layernorm) for x, h in zip(xs, hs)]
+            pairs = [add_norm(x, h, self.post_attention_layernorm, self.pre_feedforward_layernorm)
+                     for x, h in zip(xs, hs)]
             outs = mlp([h for _, h in pairs])
             return [add_norm(x, o, self.post_feedforward_layernorm, None)[0] for (x, _), o in zip(pairs, outs)]
         pairs = [add_norm(x, h, None, self.post_attention_layernorm) for x, h in zip(xs, hs)]
@@ -384,8 +385,9 @@ class Transformer(nn.Module):
     def hidden_blocks(self, tokens: Tensor, start: int, block: int, should_stop: Callable[[], bool] | None = None,
                       slot: int | None = None) -> Tensor | None:
         """hidden() of each block of `block` positions of tokens [1, S] at start.., with the model's KV cache or
-        the batch slot's `slot`; the last block's hidden states. Layer by layer, so that each projection prepares its weights once for all
-        blocks (a GGUF model otherwise dequantizes every weight once per block: 18% of a prefill's time).
+        the batch slot's `slot`; the last block's hidden states. Layer by layer, so that each projection
+        prepares its weights once for all blocks (a GGUF model otherwise dequantizes every weight once per
+        block: 18% of a prefill's time).
         Each block goes through the operations hidden() runs on it alone, never the chain, so the caches are
         the same bit for bit. None when `should_stop` (polled between layers) asked to stop; the blocks'
         positions then hold no valid KV."""
@@ -398,7 +400,8 @@ class Transformer(nn.Module):
                 return None
             attn = layer.self_attn
             cos, sin = self._rope[attn.rope_base]
-            xs = layer.blocks(xs, lambda hs: attn.blocks(hs, bounds, cos, sin, [m[attn.sliding] for m in masks], slot))
+            layer_masks = [m[attn.sliding] for m in masks]
+            xs = layer.blocks(xs, lambda hs, a=attn, c=cos, s=sin, m=layer_masks: a.blocks(hs, bounds, c, s, m, slot))
         return xs[-1]
 
     @torch.inference_mode()
