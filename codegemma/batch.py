@@ -4,9 +4,9 @@ A `Scheduler` owns `slots` KV caches of the model (`Transformer.setup_slots`), o
 memory is bounded by the number of slots. Each `step()`:
 1. admits waiting requests into free slots, each into the slot whose last prompt shares the longest prefix
    with it (that prefix's KV is reused, rounded down to a prefill block as `PromptCache` does);
-2. runs one prefill chunk of one sequence, the oldest still prefilling: `PREFILL_CHUNK` blocks of
-   `PREFILL_BLOCK` tokens through the layers together, or up to `PREFILL_GROUP` while no other sequence
-   decodes;
+2. runs one prefill chunk of one sequence, the oldest still prefilling: up to `PREFILL_CHUNK` blocks of
+   `PREFILL_BLOCK` tokens through the layers together, as many as take about `CHUNK_SECONDS` (one at
+   least), or up to `PREFILL_GROUP` while no other sequence decodes;
 3. runs one decode pass carrying the next token of every decoding sequence (`Transformer.step`).
 A long prompt therefore delays the others' next tokens by one chunk at most. Each sequence keeps its
 own sampler, stop rules, token budget, cancellation (`should_stop`) and deadline.
@@ -45,8 +45,10 @@ from codegemma.tokenizer import Tokenizer
 
 # Prefill blocks per step while other sequences decode: their next token waits for them. Measured with
 # `codegemma bench http --clients 4` (embedded model): 1, 2, 4 and 8 blocks gave 0.73-0.76, 0.80, 0.86 and
-# 0.93 completions/s; 4 (256 tokens, ~0.3 s here) keeps most of the gain at half the wait of 8.
+# 0.93 completions/s; 4 (256 tokens, ~0.3 s here) keeps most of the gain at half the wait of 8. A bigger
+# model takes fewer, so that the wait stays near CHUNK_SECONDS (one block at least: ~1 s for CodeGemma 2B).
 PREFILL_CHUNK = 4
+CHUNK_SECONDS = 0.35
 MAX_SLOTS = kernels.MAX_ROWS  # one decode pass carries a row per slot; the native products take this many
 
 
@@ -104,6 +106,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []   # in admission order
         self.steps = 0
+        self.block_s: float | None = None  # seconds per prefill block, a moving average, for the chunk size
         # what each forward pass carried, oldest first: ("prefill", (id,)) or ("decode", ids)
         self.passes: deque[tuple[str, tuple[int, ...]]] = deque(maxlen=4096)
         self._lock = threading.Lock()
@@ -186,9 +189,11 @@ class Scheduler:
             self._finish(seq, "cancelled")
             return
         # while no other sequence decodes, nobody's next token waits: up to PREFILL_GROUP blocks, as
-        # Engine.generate's prefill takes them; else a chunk of PREFILL_CHUNK
+        # Engine.generate's prefill takes them; else a chunk (module docstring)
         alone = all(s is seq or s.pos < len(s.prompt) for s in self.active)
-        blocks = PREFILL_GROUP if alone else PREFILL_CHUNK
+        fit = PREFILL_CHUNK if self.block_s is None else int(CHUNK_SECONDS / self.block_s)
+        blocks = PREFILL_GROUP if alone else max(1, min(PREFILL_CHUNK, fit))
+        t0 = time.perf_counter()
         try:
             logits = prefill_block(self.model, seq.prompt, seq.pos, seq.slot, blocks,
                                    lambda: seq.interrupted() is not None)
@@ -200,7 +205,11 @@ class Scheduler:
             self._finish(seq, reason)
             return
         self.passes.append(("prefill", (seq.id,)))
-        seq.pos = min(seq.pos + blocks * PREFILL_BLOCK, len(seq.prompt))
+        done = min(seq.pos + blocks * PREFILL_BLOCK, len(seq.prompt))
+        if logits is None:  # whole blocks, no output layer: a fair sample of a block's time
+            per_block = (time.perf_counter() - t0) * PREFILL_BLOCK / (done - seq.pos)
+            self.block_s = per_block if self.block_s is None else 0.8 * self.block_s + 0.2 * per_block
+        seq.pos = done
         if logits is None:
             return
         seq.stats.forward_passes = 1

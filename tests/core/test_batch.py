@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType as Q
 
 import codegemma
 from codegemma import kernels
-from codegemma.batch import PREFILL_CHUNK, BatchEngine, Scheduler
+from codegemma.batch import CHUNK_SECONDS, PREFILL_CHUNK, BatchEngine, Scheduler
 from codegemma.contract import GenerateOptions
 from codegemma.generate import PREFILL_BLOCK
 from tests.core.test_gguf_native import write_tiny
@@ -146,6 +146,24 @@ def test_a_long_prefill_delays_another_request_by_one_chunk_at_most():
     for before, after in zip(a_steps, a_steps[1:]):
         between = [kind for kind, _ in passes[before + 1:after]]
         assert between.count("prefill") <= 1 and "decode" not in between
+    assert b.result.tokens == engine.generate(long, options).tokens
+
+
+def test_a_slow_models_chunks_shrink_to_one_block():
+    """Where a block takes longer than a chunk's time budget (a bigger model, a slower machine), a prefill
+    that others wait for goes one block a pass."""
+    engine = codegemma.load(tiny_checkpoint(), dtype="fp32")
+    short, long = _prompts(engine.tokenizer.vocab_size, lengths=(10, 6 * PREFILL_BLOCK), seed=4)
+    scheduler = Scheduler(engine, slots=2)
+    options = GenerateOptions(max_new_tokens=40, stop_ids=frozenset(), reuse_prompt=False, speculative=False)
+    a = scheduler.submit(short, options)
+    while a.stats.new_tokens == 0:
+        scheduler.step()
+    scheduler.block_s = 10 * CHUNK_SECONDS  # as measured on a model ten times slower than the budget
+    b = scheduler.submit(long, options)
+    _run(scheduler, [a, b])
+    b_prefills = [ids for kind, ids in scheduler.passes if kind == "prefill" and ids == (b.id,)]
+    assert len(b_prefills) == len(long) // PREFILL_BLOCK + 1  # 6 whole blocks and the last token's
     assert b.result.tokens == engine.generate(long, options).tokens
 
 
