@@ -126,7 +126,11 @@ def test_each_request_keeps_its_own_stop_rules_budget_and_deadline():
     assert [g[2] for g in got[:3]] == ["stop_string", "max_tokens", "deadline"]
 
 
-def test_a_long_prefill_delays_another_request_by_one_chunk_at_most():
+@pytest.mark.parametrize("block_s,per_pass", [(None, PREFILL_CHUNK), (10 * CHUNK_SECONDS, 1)])
+def test_a_long_prefill_delays_another_request_by_one_chunk_at_most(block_s, per_pass):
+    """A prompt that arrives while another request decodes is prefilled a chunk a pass between its decode
+    steps: PREFILL_CHUNK blocks, or one where a block takes longer than the chunk's time budget (here as if
+    measured on a model ten times slower than the budget)."""
     engine = codegemma.load(tiny_checkpoint(), dtype="fp32")
     short, long = _prompts(engine.tokenizer.vocab_size, lengths=(10, 10 * PREFILL_BLOCK), seed=2)
     scheduler = Scheduler(engine, slots=2)
@@ -135,35 +139,18 @@ def test_a_long_prefill_delays_another_request_by_one_chunk_at_most():
     a = scheduler.submit(short, options)
     while a.stats.new_tokens == 0:
         scheduler.step()
+    scheduler.block_s = block_s
     b = scheduler.submit(long, options)  # arrives while `a` decodes
     _run(scheduler, [a, b])
     passes = list(scheduler.passes)
     a_steps = [i for i, (kind, ids) in enumerate(passes) if kind == "decode" and a.id in ids]
     assert len(a_steps) == len(a.result.tokens) - 1  # the first token came from a's prefill
     b_prefills = [i for i, (kind, ids) in enumerate(passes) if kind == "prefill" and ids == (b.id,)]
-    assert len(b_prefills) == -(-len(long) // (PREFILL_CHUNK * PREFILL_BLOCK))  # a chunk a pass
+    assert len(b_prefills) == -(-len(long) // (per_pass * PREFILL_BLOCK))
     assert a_steps[0] < b_prefills[0] < b_prefills[-1] < a_steps[-1]  # b's prefill ran while a decoded
     for before, after in zip(a_steps, a_steps[1:]):
         between = [kind for kind, _ in passes[before + 1:after]]
         assert between.count("prefill") <= 1 and "decode" not in between
-    assert b.result.tokens == engine.generate(long, options).tokens
-
-
-def test_a_slow_models_chunks_shrink_to_one_block():
-    """Where a block takes longer than a chunk's time budget (a bigger model, a slower machine), a prefill
-    that others wait for goes one block a pass."""
-    engine = codegemma.load(tiny_checkpoint(), dtype="fp32")
-    short, long = _prompts(engine.tokenizer.vocab_size, lengths=(10, 6 * PREFILL_BLOCK), seed=4)
-    scheduler = Scheduler(engine, slots=2)
-    options = GenerateOptions(max_new_tokens=40, stop_ids=frozenset(), reuse_prompt=False, speculative=False)
-    a = scheduler.submit(short, options)
-    while a.stats.new_tokens == 0:
-        scheduler.step()
-    scheduler.block_s = 10 * CHUNK_SECONDS  # as measured on a model ten times slower than the budget
-    b = scheduler.submit(long, options)
-    _run(scheduler, [a, b])
-    b_prefills = [ids for kind, ids in scheduler.passes if kind == "prefill" and ids == (b.id,)]
-    assert len(b_prefills) == len(long) // PREFILL_BLOCK + 1  # 6 whole blocks and the last token's
     assert b.result.tokens == engine.generate(long, options).tokens
 
 
