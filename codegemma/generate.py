@@ -90,7 +90,7 @@ def prefill(model: Transformer, tokens: Sequence[int], start: int,
         if h is None:
             return None
         if hi == len(tokens):
-            logits = model.output(h[:, -1:]).float()[0, -1]
+            logits = _last_logits(model, h)
     if grouped < len(tokens):
         if should_stop is not None and grouped > start and should_stop():
             return None
@@ -113,6 +113,11 @@ def prefill_block(model: Transformer, tokens: Sequence[int], lo: int, slot: int 
         h = model.hidden_blocks(piece, lo, PREFILL_BLOCK, should_stop, slot)
     if h is None or lo + piece.shape[1] < len(tokens):
         return None  # only the last position's logits are needed: skip the big output layer for the rest
+    return _last_logits(model, h)
+
+
+def _last_logits(model: Transformer, h: Tensor) -> Tensor:
+    """The logits [V] after the last of hidden states h [1, S, D]."""
     return model.output(h[:, -1:]).float()[0, -1]
 
 

@@ -129,16 +129,11 @@ class Attention(nn.Module):
             return self.qkv(x)
         return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
 
-    def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor, slot: int | None = None) -> Tensor:
-        """x [B, S, d] at positions start.. against the model's cache, or a batch slot's (`setup_slots`)."""
-        cache = self.kv_cache if slot is None else self.slot_caches[slot]
-        return self.o_proj(self._context(self.project(x), start, cos, sin, mask, cache))
-
     def blocks(self, xs: list[Tensor], bounds: Sequence[tuple[int, int]], cos: Tensor, sin: Tensor,
                masks: Sequence[Tensor], slot: int | None = None) -> list[Tensor]:
-        """forward() of consecutive prefill blocks xs[i] at positions bounds[i] = (lo, hi) against the model's
-        cache or a batch slot's, in order, each projection over all of them at once (`many`); cos/sin are the
-        whole tables."""
+        """Attention of consecutive blocks of rows xs[i] [1, S_i, d] at positions bounds[i] = (lo, hi) against
+        the model's cache or a batch slot's (`setup_slots`), in order (each block sees the keys the ones
+        before it wrote), each projection over all of them at once (`many`); cos/sin are the whole tables."""
         cache = self.kv_cache if slot is None else self.slot_caches[slot]
         qkvs = many(self.qkv, xs) if self.qkv is not None else [self.project(x) for x in xs]
         ctxs = [self._context(qkv, lo, cos[lo:hi], sin[lo:hi], mask, cache)
@@ -252,9 +247,6 @@ class DecoderLayer(nn.Module):
             self.pre_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
             self.post_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
-    def forward(self, x: Tensor, start: int, cos: Tensor, sin: Tensor, mask: Tensor, slot: int | None = None) -> Tensor:
-        return self.block(x, lambda h: self.self_attn(h, start, cos, sin, mask, slot))
-
     def step(self, x: Tensor, rows: Sequence[tuple[int, int]], cos: Tensor, sin: Tensor) -> Tensor:
         return self.block(x, lambda h: self.self_attn.step(h, rows, cos, sin))
 
@@ -364,21 +356,14 @@ class Transformer(nn.Module):
     def hidden(self, tokens: Tensor, start: int, slot: int | None = None) -> Tensor:
         """The last layer's hidden states [1, S, D] before the final norm, with the model's KV cache or the
         batch slot's `slot`."""
-        S = tokens.shape[1]
-        end = start + S
         x = self.embed(tokens)
         if slot is None and self.chain is not None and kernels.active(x):
             return self.chain(x, start)
-        masks = self._masks(start, end)
-        for layer in self.model.layers:
-            attn = layer.self_attn
-            cos, sin = self._rope[attn.rope_base]
-            x = layer(x, start, cos[start:end], sin[start:end], masks[attn.sliding], slot)
-        return x
+        return self._layers([x], start, slot)[-1]
 
-    def _masks(self, start: int, end: int) -> dict[bool, Tensor]:
+    def masks(self, start: int, end: int, device: torch.device | None = None) -> dict[bool, Tensor]:
         """The causal masks [S, end] of positions start..end, global (False) and sliding (True)."""
-        q_pos, k_pos = torch.arange(start, end)[:, None], torch.arange(end)[None, :]
+        q_pos, k_pos = torch.arange(start, end, device=device)[:, None], torch.arange(end, device=device)[None, :]
         causal = k_pos <= q_pos  # built per call: a [T, T] table would cost T^2 bytes
         return {False: causal, True: causal & (q_pos - k_pos < (self.cfg.sliding_window or end))}
 
@@ -387,14 +372,23 @@ class Transformer(nn.Module):
         """hidden() of each block of `block` positions of tokens [1, S] at start.., with the model's KV cache or
         the batch slot's `slot`; the last block's hidden states. Layer by layer, so that each projection
         prepares its weights once for all blocks (a GGUF model otherwise dequantizes every weight once per
-        block: 18% of a prefill's time).
-        Each block goes through the operations hidden() runs on it alone, never the chain, so the caches are
-        the same bit for bit. None when `should_stop` (polled between layers) asked to stop; the blocks'
-        positions then hold no valid KV."""
+        block: 18% of a prefill's time). Each block goes through the operations hidden() runs on it alone,
+        never the chain, so the caches are the same bit for bit. None when `should_stop` (polled between
+        layers) asked to stop; the blocks' positions then hold no valid KV."""
         end = start + tokens.shape[1]
-        bounds = [(lo, min(lo + block, end)) for lo in range(start, end, block)]
-        xs = [self.embed(tokens[:, lo - start:hi - start]) for lo, hi in bounds]
-        masks = [self._masks(lo, hi) for lo, hi in bounds]
+        xs = [self.embed(tokens[:, lo - start:min(lo + block, end) - start]) for lo in range(start, end, block)]
+        out = self._layers(xs, start, slot, should_stop)
+        return None if out is None else out[-1]
+
+    def _layers(self, xs: list[Tensor], start: int, slot: int | None = None,
+                should_stop: Callable[[], bool] | None = None) -> list[Tensor] | None:
+        """Every layer over consecutive blocks of embedded rows xs[i] [1, S_i, D] from position start on (None
+        when `should_stop`, polled between layers, asked to stop)."""
+        bounds, lo = [], start
+        for x in xs:
+            bounds.append((lo, lo + x.shape[1]))
+            lo += x.shape[1]
+        masks = [self.masks(lo, hi) for lo, hi in bounds]
         for layer in self.model.layers:
             if should_stop is not None and should_stop():
                 return None
@@ -402,7 +396,7 @@ class Transformer(nn.Module):
             cos, sin = self._rope[attn.rope_base]
             layer_masks = [m[attn.sliding] for m in masks]
             xs = layer.blocks(xs, lambda hs, a=attn, c=cos, s=sin, m=layer_masks: a.blocks(hs, bounds, c, s, m, slot))
-        return xs[-1]
+        return xs
 
     @torch.inference_mode()
     def step(self, tokens: Sequence[int], rows: Sequence[tuple[int, int]]) -> Tensor:

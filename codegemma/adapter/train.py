@@ -121,9 +121,7 @@ def target_logits(model: Transformer, adapter: TrainableAdapter, tokens: Tensor,
     x = embed_with_rows(model.model.embed_tokens(tokens), tokens, adapter.ids, adapter.fim_rows)
     device = tokens.device
     x = x * torch.tensor(math.sqrt(cfg.d_model), dtype=dtype, device=device)
-    q_pos, k_pos = torch.arange(S, device=device)[:, None], torch.arange(S, device=device)[None, :]
-    causal = k_pos <= q_pos
-    masks = {False: causal, True: causal & (q_pos - k_pos < (cfg.sliding_window or S))}
+    masks = model.masks(0, S, device)
     ropes = {b: tuple(t.to(device, dtype) for t in rope_tables(cfg.head_dim, b, S)) for b in
              {cfg.rope_base_for(i) for i in range(cfg.n_layers)}}
     for i, layer in enumerate(model.model.layers):

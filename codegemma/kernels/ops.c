@@ -630,6 +630,47 @@ static void attend_f32_any(const float *const *q, int G, int D, int64_t lo, int6
 }
 #endif
 
+#ifdef __AVX512F__
+/* cg_attention's float32 path over the prepared queries q [S, H, D]: tasks of G query heads sharing a KV head,
+ * as many heads as leave each thread two tasks or more; 1 when out of memory */
+static int attention_tasks_f32(int S, int H, int KV, int D, int64_t start, int64_t max_len, int window,
+                               float q_scale, float softcap, const float *q, const float *kcache,
+                               const float *vcache, float *out) {
+    int failed = 0, rep = H / KV, G = rep;
+    while (G % 2 == 0 && (int64_t)S * (H / G) < 2 * omp_get_max_threads()) G /= 2;
+    int tasks = S * (H / G);
+#pragma omp parallel
+    {
+        float *p = (float *)malloc(sizeof(float) * (size_t)G * (size_t)(start + S + 16));
+        if (!p) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int task = 0; task < tasks; task++) {
+            if (!p) continue;
+            int s = task / (H / G), h0 = task % (H / G) * G, kv = h0 / rep;
+            int64_t pos = start + s, lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+            const float *qs[16];
+            float *outs[16];
+            for (int g = 0; g < G; g++) {
+                qs[g] = q + ((size_t)s * H + h0 + g) * D;
+                outs[g] = out + ((size_t)s * H + h0 + g) * D;
+            }
+            const float *K = kcache + (size_t)kv * max_len * D, *V = vcache + (size_t)kv * max_len * D;
+            if (D == 256)
+                attend_f32_256(qs, G, lo, pos, q_scale, softcap, K, V, outs, p);
+            else if (D == 128)
+                attend_f32_128(qs, G, lo, pos, q_scale, softcap, K, V, outs, p);
+            else
+                attend_f32_any(qs, G, D, lo, pos, q_scale, softcap, K, V, outs, p);
+        }
+        free(p);
+    }
+    return failed;
+}
+#endif
+
 /* Attention for S query rows at positions start.. of batch 1, everything in type t:
  * qkv [S, (H + 2 KV) * D] as the fused projection gives it. q and k heads get an RMSNorm each when
  * qk_scale [(H + KV), D] is given (Gemma 3), then RoPE with the rows of cos / signed sin [S, D] for these
@@ -683,42 +724,9 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
     int rep = H / KV;
 #ifdef __AVX512F__
     if (t == T_F32 && D % 16 == 0 && D <= 256 && rep <= 16) {
-        /* tasks of G query heads sharing a KV head, as many heads as leave each thread two tasks or more */
-        int G = rep;
-        while (G % 2 == 0 && (int64_t)S * (H / G) < 2 * omp_get_max_threads()) G /= 2;
-        int tasks = S * (H / G);
-#pragma omp parallel
-        {
-            float *p = (float *)malloc(sizeof(float) * (size_t)G * (size_t)(start + S + 16));
-            if (!p) {
-#pragma omp atomic write
-                failed = 1;
-            }
-#pragma omp for schedule(static)
-            for (int task = 0; task < tasks; task++) {
-                if (!p) continue;
-                int s = task / (H / G), h0 = task % (H / G) * G, kv = h0 / rep;
-                int64_t pos = start + s, lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
-                const float *qs[16];
-                float *outs[16];
-                for (int g = 0; g < G; g++) {
-                    qs[g] = q + ((size_t)s * H + h0 + g) * D;
-                    outs[g] = (float *)out + ((size_t)s * H + h0 + g) * D;
-                }
-                const float *K = (const float *)kcache + (size_t)kv * max_len * D;
-                const float *V = (const float *)vcache + (size_t)kv * max_len * D;
-                if (D == 256)
-                    attend_f32_256(qs, G, lo, pos, q_scale, softcap, K, V, outs, p);
-                else if (D == 128)
-                    attend_f32_128(qs, G, lo, pos, q_scale, softcap, K, V, outs, p);
-                else
-                    attend_f32_any(qs, G, D, lo, pos, q_scale, softcap, K, V, outs, p);
-            }
-            free(p);
-        }
-        free(q);
-        free(v);
-        return failed ? -1 : 0;
+        failed = attention_tasks_f32(S, H, KV, D, start, max_len, window, q_scale, softcap, q, (const float *)kcache,
+                                     (const float *)vcache, (float *)out);
+        goto done;
     }
 #endif
 #pragma omp parallel
@@ -758,6 +766,9 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
         free(p);
         free(acc);
     }
+#ifdef __AVX512F__
+done:
+#endif
     free(q);
     free(v);
     return failed ? -1 : 0;
