@@ -47,13 +47,13 @@ class Example:
 
 @dataclass(frozen=True)
 class Mix:
-    psm: float = 0.2
-    spm: float = 0.7  # the rest is left to right
+    psm: float = 0.05  # the adapter's prompts are SPM: a few PSM examples only
+    spm: float = 0.75  # the rest (20%) is left to right, which keeps that ability
     end_of_file: float = 0.2  # FIM examples whose suffix is empty: the cursor at the end (new code, HumanEval)
     context: float = 0.15  # examples with another file's snippet before, as the prompt builder adds them
     max_context_chars: int = 600
-    char_span: float = 0.4  # kinds of middle; the rest are indented blocks
-    line_span: float = 0.35
+    char_span: float = 0.3  # kinds of middle; the rest are indented blocks
+    line_span: float = 0.45  # whole lines are what editors ask for most
     max_prefix_chars: int = 1400
     max_suffix_chars: int = 600
     max_middle_chars: int = 360

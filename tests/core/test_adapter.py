@@ -49,7 +49,8 @@ def trained(tmp_path_factory, sources) -> tuple[Path, Path]:
     model_dir = write_checkpoint(root / "tiny-plain", tiny_config(fim=False), fim=False, unused=True)
     cfg = TrainConfig(rank=4, alpha=8.0, lr=3e-3, step_tokens=256, planned_tokens=4096, max_tokens=128,
                       warmup_steps=2, val_examples=4, held_out=0.25)
-    path = train(str(model_dir), root / "run", cfg, minutes=10, resume=False, roots=[sources], max_steps=3)
+    path = train(str(model_dir), root / "run", cfg, minutes=10, resume=False, roots=[sources], max_steps=3,
+                 snapshot_tokens=300)
     return model_dir, path
 
 
@@ -135,6 +136,12 @@ def test_training_lowers_held_out_loss_and_resumes_exactly(trained, tmp_path, so
     val = [r["val_loss"] for r in log if "val_loss" in r]
     assert len([r for r in log if "loss" in r]) == 3 and val[-1] < val[0]
     assert (run / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    # a snapshot each time another 300 tokens were passed, named by the tokens seen, loadable as an adapter
+    seen = [r["tokens"] for r in log if "loss" in r]
+    want = [t for before, t in zip([0, *seen], seen) if t // 300 > before // 300]
+    snapshots = sorted(run.glob("adapter-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+    assert want and [int(p.stem.split("-")[1]) for p in snapshots] == want
+    assert lora.read_adapter(snapshots[-1])[1].keys() == lora.read_adapter(path)[1].keys()
     # resuming continues from the checkpoint: 3 steps + 2 more equals 5 straight
     cfg = TrainConfig(rank=4, alpha=8.0, lr=3e-3, step_tokens=256, planned_tokens=4096, max_tokens=128,
                       warmup_steps=2, val_examples=4, held_out=0.25)
