@@ -130,7 +130,7 @@ def load(model: str | None = None, dtype: str | torch.dtype | None = None, int8:
                 raise  # asked for by name or path: an error
             # the default adapter is an improvement, not a requirement: without it the model completes left to right
             print(f"codegemma: {error}; completing left to right without the FIM adapter", file=sys.stderr)
-    # after the adapter: a model with LoRA projections keeps its layer-by-layer path
+    # after the adapter: merged into GGUF blocks it keeps the chain; a separate LoRA update goes layer by layer
     net.chain = chain_for(net)
     draft_net = None
     if draft is not None:

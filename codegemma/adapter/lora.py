@@ -5,8 +5,10 @@ The file (safetensors) holds, per layer and projection, `layers.{i}.{proj}.a` [r
 (the update is b @ a @ x * alpha / r, as in LoRA) and `fim_rows` [4, d_model]: the embedding rows of the
 FIM prefix, suffix, middle and file-separator tokens, which the tied embedding also uses as their output
 rows. Its metadata names the base model, the rank, alpha and the four ids. `attach` puts it on a model of
-any weight format (GGUF blocks, int8, bf16): the base products run as before and the update is added to
-their result, so the base weights are never copied or re-quantized.
+any weight format. On GGUF blocks (the embedded model) the update is merged into the weights, which are
+re-quantized to Q8_0 (8 bits: its rounding is far below the 4-6-bit formats' own), so decoding keeps the
+chained native layers (codegemma.gguf.chain) and its speed. On other formats (int8, bf16) the base products
+run as before and the update is added to their result.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from gguf import GGMLQuantizationType
+from gguf.quants import quantize
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from codegemma import kernels
 from codegemma.errors import CheckpointError
+from codegemma.gguf.native import GGUFLinear
 from codegemma.linear import FusedLinear
 from codegemma.model import Transformer
 from codegemma.tokenizer import FIM_TOKENS, Tokenizer
@@ -124,6 +130,18 @@ class LoRALinear(nn.Module):
         return y.to(out_dtype or x.dtype)
 
 
+def merged_blocks(base: GGUFLinear, a: Tensor, b: Tensor, ns: list[int], scale: float) -> GGUFLinear:
+    """GGUF matrices (one per projection of the group, rows ns) with the update b_i @ a_i * scale added,
+    re-quantized to Q8_0: W_i + dW_i in 8 bits, on the same native products as the base."""
+    r = a.shape[0] // len(ns)
+    mats = []
+    for i, (m, t, b_i) in enumerate(zip(base.mats, base.qtypes, b.float().split(ns))):
+        w = kernels.gguf_dequantize(m, int(t), base.k, 0, b_i.shape[0], torch.empty(b_i.shape[0], base.k))
+        w += (b_i @ a[i * r:(i + 1) * r].float()) * scale  # [N_i, K]
+        mats.append(torch.from_numpy(np.ascontiguousarray(quantize(w.numpy(), GGMLQuantizationType.Q8_0))))
+    return GGUFLinear(mats, [GGMLQuantizationType.Q8_0] * len(mats), base.k)
+
+
 def embed_with_rows(embedded: Tensor, tokens: Tensor, ids: Tensor, rows: Tensor) -> Tensor:
     """Embeddings [.., D] of `tokens` with the rows of `ids` replaced by `rows` [len(ids), D]."""
     match = tokens[..., None] == ids  # [.., len(ids)]
@@ -172,10 +190,12 @@ def projection_shapes(model: Transformer) -> dict[str, tuple[int, int]]:
 
 
 @torch.no_grad()
-def attach(model: Transformer, tokenizer: Tokenizer, path: Path) -> Tokenizer:
+def attach(model: Transformer, tokenizer: Tokenizer, path: Path, merge: bool = True) -> Tokenizer:
     """Put the adapter at `path` on `model` in place (after its weights are in their final format and its
-    cache is set up) and return the tokenizer that knows the FIM tokens' ids. The file is checked whole
-    before anything changes: a bad one raises CheckpointError and leaves the model as it was."""
+    cache is set up) and return the tokenizer that knows the FIM tokens' ids. GGUF blocks take the update
+    merged into their weights (`merged_blocks`) unless `merge` is off. The file is checked whole before
+    anything changes: a bad one raises CheckpointError and leaves the model as it was. The caller decides
+    the model's chain afterwards (codegemma.gguf.chain.chain_for)."""
     config, tensors = read_adapter(path)
     if config.base != base_signature(model):
         raise CheckpointError(f"{path}: an adapter for {config.base}, not for this model ({base_signature(model)})")
@@ -201,7 +221,11 @@ def attach(model: Transformer, tokenizer: Tokenizer, path: Path) -> Tokenizer:
                 base = FusedLinear([base.weight])
             a = torch.cat([tensors[f"layers.{i}.{n}.a"] for n in names])
             bs = [tensors[f"layers.{i}.{n}.b"] for n in names]
-            setattr(owner, fused, LoRALinear(base, a, torch.cat(bs), [b.shape[0] for b in bs], config.scale))
+            ns = [b.shape[0] for b in bs]
+            if merge and type(base) is GGUFLinear and [m.shape[0] for m in base.mats] == ns:
+                setattr(owner, fused, merged_blocks(base, a, torch.cat(bs), ns, config.scale))
+            else:
+                setattr(owner, fused, LoRALinear(base, a, torch.cat(bs), ns, config.scale))
     ids = torch.tensor(config.fim_ids)
     embed = model.model.embed_tokens
     weight = embed.weight if isinstance(embed, nn.Embedding) else None

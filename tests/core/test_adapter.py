@@ -217,11 +217,29 @@ def test_speculative_and_batched_greedy_equal_plain_with_the_adapter(trained):
 
 
 @pytest.mark.skipif(not kernels.available(), reason=kernels.unavailable_reason())
-def test_gguf_blocks_with_the_adapter_keep_the_layer_by_layer_path(trained):
+def test_gguf_blocks_take_the_adapter_merged_and_keep_the_chain(trained, tmp_path):
+    from codegemma.gguf.chain import chain_for
+
     model_dir, path = trained
-    # the chained layers (codegemma.gguf.chain) know GGUF products only, not the LoRA update on them
-    assert codegemma.load(str(model_dir), quant="q8_0", adapter="off").model.chain is not None
-    assert codegemma.load(str(model_dir), quant="q8_0", adapter=str(path)).model.chain is None
+    # a stronger update than 3 training steps give, so that it stands well above 8-bit rounding
+    config, tensors = lora.read_adapter(path)
+    strong = tmp_path / "strong.safetensors"
+    lora.save_adapter(strong, config, {k: v * 30 if k.endswith(".b") else v for k, v in tensors.items()})
+    plain = codegemma.load(str(model_dir), quant="q8_0", adapter="off")
+    merged = codegemma.load(str(model_dir), quant="q8_0", adapter=str(strong))
+    assert plain.model.chain is not None and merged.model.chain is not None
+    separate = codegemma.load(str(model_dir), quant="q8_0", adapter="off")
+    separate.tokenizer = lora.attach(separate.model, separate.tokenizer, strong, merge=False)
+    separate.model.chain = chain_for(separate.model)
+    assert separate.model.chain is None  # the update added to each product's result: layer by layer
+    text = "def add(a, b):\n    return"
+    p, m, s = (_logits(e, text) for e in (plain, merged, separate))
+    # merged (the update in the weights, re-quantized to Q8_0) is the separate update up to 8-bit rounding
+    assert (m - s).abs().max() < 0.1 * (s - p).abs().max()
+    greedy = GenerateOptions(max_new_tokens=12, stop_ids=frozenset(), reuse_prompt=False, speculative=False)
+    prompt = merged.tokenizer.encode(text, bos=True)
+    tokens = merged.generate(prompt, greedy).tokens
+    assert merged.generate(prompt, replace(greedy, speculative=True)).tokens == tokens
 
 
 def test_a_damaged_or_foreign_adapter_is_a_one_line_error(trained, tmp_path):

@@ -1,6 +1,7 @@
 """Every decoder layer of a GGUF-block model in one native call (codegemma.gguf.chain): for a few rows the
 chain gives bit-identical results to the layer-by-layer path, for each architecture, and it is dropped with
-the caches it names (tests/core/test_adapter.py: LoRA projections keep the layer-by-layer path)."""
+the caches it names (tests/core/test_adapter.py: a FIM adapter merged into GGUF blocks keeps the chain; a
+separate LoRA update takes the layer-by-layer path)."""
 
 from __future__ import annotations
 
