@@ -17,17 +17,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType
-from gguf.quants import quantize
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from codegemma import kernels
 from codegemma.errors import CheckpointError
+from codegemma.gguf.blocks import q8_0_blocks
 from codegemma.gguf.native import GGUFLinear
 from codegemma.linear import FusedLinear
 from codegemma.model import Transformer
@@ -138,7 +137,7 @@ def merged_blocks(base: GGUFLinear, a: Tensor, b: Tensor, ns: list[int], scale: 
     for i, (m, t, b_i) in enumerate(zip(base.mats, base.qtypes, b.float().split(ns))):
         w = kernels.gguf_dequantize(m, int(t), base.k, 0, b_i.shape[0], torch.empty(b_i.shape[0], base.k))
         w += (b_i @ a[i * r:(i + 1) * r].float()) * scale  # [N_i, K]
-        mats.append(torch.from_numpy(np.ascontiguousarray(quantize(w.numpy(), GGMLQuantizationType.Q8_0))))
+        mats.append(q8_0_blocks(w))
     return GGUFLinear(mats, [GGMLQuantizationType.Q8_0] * len(mats), base.k)
 
 
