@@ -5,6 +5,8 @@ Our engine runs three ways: the default (a GGUF file in its own block formats), 
 bf16 and int8. `--synthetic Q4_K_M|Q8_0` measures a CodeGemma 2B-size file instead of the embedded model
 (codegemma.bench.synthetic). Each engine runs in its own subprocess so load time and RSS are its own; the
 first load also runs once with an empty model cache, which gives the cold load time and the cache's size.
+Our engine runs the file's own weights, as llama.cpp does (`adapter="off"`); where the FIM adapter ships for
+the model (the embedded one), the engine as it loads by default, with the adapter merged, is measured too.
 The last line printed is one JSON object.
 """
 
@@ -78,7 +80,8 @@ def worker_ours(args) -> dict:
     from codegemma.generate import prefill
 
     t = time.perf_counter()
-    engine = codegemma.load(args.model, dtype=None if args.path == "native" else "bf16", int8=args.path == "int8")
+    engine = codegemma.load(args.model, dtype=None if args.path == "native" else "bf16", int8=args.path == "int8",
+                            adapter=args.adapter)
     load_s = time.perf_counter() - t
     ids = engine.tokenizer.encode(PROMPT, bos=True)
     options = codegemma.GenerateOptions(max_new_tokens=args.tokens, speculative=False, reuse_prompt=False, stop_ids=frozenset())
@@ -115,7 +118,7 @@ def worker_cold(args) -> dict:
 
     root = Path(os.environ["CODEGEMMA_CACHE"])
     t = time.perf_counter()
-    codegemma.load(args.model)
+    codegemma.load(args.model, adapter=args.adapter)
     return dict(load_s=time.perf_counter() - t, cache_mb=_cache_mb(root))
 
 
@@ -221,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(default for the embedded model; they need a float cache of the file's size x 2-4)")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--path", choices=("native", "bf16", "int8"), default="native", help=argparse.SUPPRESS)
+    ap.add_argument("--adapter", default="off", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
@@ -240,10 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         cold = _run_worker("cold", args, env={"CODEGEMMA_CACHE": cache})
     bf16 = _run_worker("ours", args, ["--path", "bf16"]) if copies else None
     int8 = _run_worker("ours", args, ["--path", "int8"]) if copies else None
+    from codegemma.adapter.lora import DEFAULT_ADAPTER
+
+    adapted = _run_worker("ours", args, ["--adapter", "default"]) if args.model is None and DEFAULT_ADAPTER.is_file() \
+        else None
     hf = None if args.no_hf or args.synthetic else _run_worker("hf", args)
     llama = _run_worker("llamacpp", args)
-    rows = [("codegemma (gguf)", ours), ("codegemma bf16 copy", bf16), ("codegemma int8 copy", int8),
-            ("transformers bf16", hf), ("llama.cpp", llama)]
+    rows = [("codegemma (gguf)", ours), ("codegemma +adapter", adapted), ("codegemma bf16 copy", bf16),
+            ("codegemma int8 copy", int8), ("transformers bf16", hf), ("llama.cpp", llama)]
     print(f"{'engine':<20} {'decode tok/s':>12} {'prefill tok/s':>13} {'load s':>8} {'RSS MB':>8}")
     for name, r in rows:
         if r:
@@ -272,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         decode_tok_s=r(ours["tok_s"]),
         decode_bf16_tok_s=r(bf16 and bf16["tok_s"]),
         decode_int8_tok_s=r(int8 and int8["tok_s"]),
+        adapter_decode_tok_s=r(adapted and adapted["tok_s"]),
+        adapter_prefill_tok_s=r(adapted and adapted["prefill_tok_s"], 1),
+        adapter_load_s=r(adapted and adapted["load_s"], 3),
+        adapter_rss_mb=r(adapted and adapted["rss_mb"], 1),
         hf_decode_tok_s=r(hf and hf["tok_s"]),
         llamacpp_decode_tok_s=r(llama and llama["tok_s"]),
         prefill_tok_s=r(ours["prefill_tok_s"], 1),
