@@ -4,7 +4,8 @@ For Hugging Face checkpoints (or any float model) the `q8_0` and `q4` options gi
 weights in llama.cpp's block formats, multiplied where they lie. `q8_0` stores every projection and the
 tied embedding as Q8_0 (34 bytes per 32 weights); `q4` stores the projections as Q4_1 (a scale and an
 offset per 32 weights, 20 bytes) and keeps the embedding/output layer in Q8_0, as llama.cpp's 4-bit mixes
-keep their output layer at higher precision. gguf-py's reference quantizers do the rounding.
+keep their output layer at higher precision. gguf-py's reference quantizers do the rounding (Q8_0 through
+`q8_0_blocks`, the same bytes faster).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ BLOCK_FORMATS: dict[str, tuple[Q, Q]] = {"q8_0": (Q.Q8_0, Q.Q8_0), "q4": (Q.Q4_1
 
 def q8_0_blocks(w: Tensor) -> Tensor:
     """Q8_0 blocks [N, K / 32 * 34] (uint8) of float weights [N, K], as ggml lays them out: per 32 weights a
-    float16 scale d = max|w| / 127, then the 32 values round(w / d) as int8. PyTorch, many times faster than
-    gguf-py's reference (which rounds halves away from zero, not to even: a tie is one step apart)."""
+    float16 scale d = max|w| / 127, then the 32 values w * (1 / d) rounded half away from zero as int8. The
+    same bytes as gguf-py's reference quantizer (ggml's arithmetic), computed by PyTorch many times faster."""
     n, k = w.shape
     blocks = w.float().reshape(n, k // 32, 32)
     d = blocks.abs().amax(-1, keepdim=True) / 127  # [N, K / 32, 1]
-    q = torch.where(d > 0, blocks / d.clamp_min(torch.finfo(torch.float32).tiny), 0).round().clamp_(-127, 127)
+    x = blocks * torch.where(d == 0, 0, 1 / d)
+    a = x.abs()
+    q = x.sign() * (a.floor() + (2 * (a - a.floor())).floor())  # roundf (halves away from zero), as gguf-py has it
     scale = d.half().view(torch.uint8)  # [N, K / 32, 2]: the float16's two bytes, little-endian
     return torch.cat([scale, q.to(torch.int8).view(torch.uint8)], -1).reshape(n, k // 32 * 34)
 
@@ -46,6 +49,8 @@ def quantize_blocks(model: Transformer, option: str, cached: dict[str, Tensor] |
     def blocks(name: str, weight: Tensor, qtype: Q) -> Tensor:
         if cached is not None and name in cached:
             raw = cached[name]
+        elif qtype == Q.Q8_0:
+            raw = q8_0_blocks(weight)
         else:  # [N, K] float -> [N, K / 32 * block bytes] uint8
             raw = torch.from_numpy(np.ascontiguousarray(quantize(weight.float().numpy(), qtype)))
         tensors[name] = raw

@@ -69,3 +69,17 @@ def test_quantized_once_then_read_from_the_cache(checkpoint, tmp_path, monkeypat
 def test_unknown_quantization_is_a_clear_error(checkpoint):
     with pytest.raises(CodegemmaError, match="unknown quantization 'q3'"):
         codegemma.load(checkpoint, quant="q3")
+
+
+def test_q8_0_blocks_are_the_reference_quantizers_bytes():
+    """The PyTorch Q8_0 quantizer (used for `q8_0` and the FIM adapter merge) writes the bytes gguf-py's
+    reference does: scales, rounding of halves away from zero, all-zero blocks."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    generator = torch.Generator().manual_seed(0)
+    for scale in (1e-4, 0.02, 3.0):
+        w = torch.randn(8, 256, generator=generator) * scale
+        w[0, :32] = 0
+        w[1, :32] = torch.tensor([127.0] + [0.49999997, 0.5, 1.5, -0.5, -2.5] * 6 + [0.0])  # ties at d = 1
+        assert torch.equal(blocks.q8_0_blocks(w), torch.from_numpy(quantize(w.numpy(), Q.Q8_0)))
