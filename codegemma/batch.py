@@ -151,6 +151,10 @@ class Scheduler:
     def step(self) -> None:
         """Admit, one prefill chunk, one decode pass (see the module docstring)."""
         self.steps += 1
+        # while nothing decodes, nobody's next token waits for a re-measurement of the verification cost (it
+        # runs on the model's own cache, not the slots')
+        if not self.active and self.engine.recheck_speculation():
+            self.speculative = self.engine.speculative_default
         self._admit()
         prefilling = next((s for s in self.active if s.pos < len(s.prompt)), None)
         if prefilling is not None:

@@ -20,18 +20,25 @@ from codegemma.linear import weight_formats
 from codegemma.model import Transformer
 from codegemma.prompt_cache import PromptCache
 from codegemma.sampling import Sampler
-from codegemma.speculation import VerifyCost, measure_verify_cost
+from codegemma.speculation import VerifyCost, cost_from_times, measure_pass_times
 from codegemma.tokenizer import Tokenizer
 
 # The longest draft the engine verifies: with the token before it, the most rows the native products take
 # (a 17th row would send the pass through prefill's dequantized tiles). The draft policy picks shorter ones
 # from the measured cost of verification and the acceptance it sees (codegemma.speculation).
 DEFAULT_MAX_DRAFT = kernels.MAX_ROWS - 1
+# A verification cost measured while something else loaded the machine can say that drafts never pay, and
+# would keep speculation off for the life of the process. Where the table says so, the engine measures again
+# this long after, then after twice as long, and so on, RECHECKS times at most; each pass's best time over
+# all measurements counts (outside load only adds time). A re-measurement takes ~0.3 s for the embedded
+# model and the prompt cache starts over.
+RECHECK_AFTER_S = 60.0
+RECHECKS = 5
 
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str, draft_model: Transformer | None = None,
-                 max_draft: int = DEFAULT_MAX_DRAFT):
+                 max_draft: int = DEFAULT_MAX_DRAFT, recheck_after_s: float = RECHECK_AFTER_S):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -40,16 +47,39 @@ class Engine:
         self.max_draft = max_draft
         self.prompt_cache = PromptCache(model, PREFILL_BLOCK)
         self._verify_cost: VerifyCost | None = None
+        self._pass_times: dict[int, float] = {}  # best seconds of a pass over n positions, all measurements
+        self._measurements = 0
+        self._recheck_after_s = recheck_after_s
+        self._recheck_at = 0.0
 
     @property
     def verify_cost(self) -> VerifyCost:
-        """The measured cost of verifying drafts on this machine (measured once, on first use: ~0.3 s for
-        the embedded model). Measuring overwrites the model's KV cache, so the prompt cache starts over."""
+        """The measured cost of verifying drafts on this machine (measured on first use: ~0.3 s for the
+        embedded model; again by `recheck_speculation`)."""
         if self._verify_cost is None:
-            self.prompt_cache.commit([], None)
-            ks = tuple(k for k in (1, 2, 4, 8, self.max_draft) if k <= self.max_draft)
-            self._verify_cost = measure_verify_cost(self.model, tuple(sorted(set(ks))))
+            self._measure()
+        assert self._verify_cost is not None
         return self._verify_cost
+
+    def _measure(self) -> None:
+        # measuring overwrites the model's KV cache, so the prompt cache starts over
+        self.prompt_cache.commit([], None)
+        ks = tuple(sorted({k for k in (1, 2, 4, 8, self.max_draft) if k <= self.max_draft}))
+        for n, seconds in measure_pass_times(self.model, ks).items():
+            self._pass_times[n] = min(seconds, self._pass_times.get(n, seconds))
+        self._verify_cost = cost_from_times(self._pass_times)
+        self._recheck_at = time.monotonic() + self._recheck_after_s * 2 ** self._measurements
+        self._measurements += 1
+
+    def recheck_speculation(self) -> bool:
+        """Measure the verification cost again where the last table said drafts do not pay and the time for
+        another look has come (RECHECK_AFTER_S). Returns True when it measured: the model's own KV cache
+        was overwritten (the engine's prompt cache knows; other users of that cache must drop theirs)."""
+        if (self.draft_model is not None or self._verify_cost is None or self._measurements > RECHECKS
+                or time.monotonic() < self._recheck_at or self._verify_cost.pays(max_k=self.max_draft)):
+            return False
+        self._measure()
+        return True
 
     @property
     def speculative_default(self) -> bool:
@@ -103,6 +133,8 @@ class Engine:
         (e.g. the suffix of a left-to-right prompt)."""
         prompt = self.check(prompt, options)
         sampler = Sampler(options.temperature, options.top_k, options.top_p, options.seed)
+        if options.speculative is None:
+            self.recheck_speculation()
         speculative = self.speculative_default if options.speculative is None else options.speculative
         # before the prompt cache is arranged: the first drafter measures the verification cost, which
         # overwrites the model's KV cache

@@ -64,14 +64,15 @@ FREE = VerifyCost(((0, 1.0), (1, 1.0)))  # a cost table in which drafts cost not
 
 
 @torch.inference_mode()
-def measure_verify_cost(model: Transformer, ks: tuple[int, ...] = (1, 2, 4, 8, 15), depth: int = 128,
-                        reps: int = 3) -> VerifyCost:
-    """Time forward passes over 1 + k positions after `depth` cached ones, interleaved over the ks so that
-    drift of the machine's speed hits all alike, best of `reps` each. Overwrites the model's KV cache from
-    position 0: callers must drop whatever their prompt cache believed it held."""
+def measure_pass_times(model: Transformer, ks: tuple[int, ...] = (1, 2, 4, 8, 15), depth: int = 128,
+                       reps: int = 3) -> dict[int, float]:
+    """The best seconds of a forward pass over n = 1 and n = 1 + k positions after `depth` cached ones, for
+    the ks that fit the model's context, interleaved over the ns so that drift of the machine's speed hits
+    all alike, best of `reps` each. Overwrites the model's KV cache from position 0: callers must drop
+    whatever their prompt cache believed it held."""
     ks = tuple(k for k in ks if depth + 1 + k <= model.max_len)
     if not ks:
-        return FREE
+        return {}
     depth = min(depth, model.max_len - 1 - max(ks))
     generator = torch.Generator().manual_seed(0)
     vocab = model.cfg.vocab_size
@@ -84,9 +85,23 @@ def measure_verify_cost(model: Transformer, ks: tuple[int, ...] = (1, 2, 4, 8, 1
             start = time.perf_counter()
             model(ids[:, :n], torch.arange(depth, depth + n))
             best[n] = min(best[n], time.perf_counter() - start)
-    one = best[1]
+    return best
+
+
+def cost_from_times(times: dict[int, float]) -> VerifyCost:
+    """The cost table of best pass times by number of positions (measure_pass_times; several measurements'
+    times may be merged by taking each n's minimum: outside load only ever adds time)."""
+    if 1 not in times or len(times) < 2:
+        return FREE
+    one = times[1]
     points, floor = [(0, 1.0)], 1.0
-    for k in ks:
-        floor = max(floor, best[1 + k] / one)  # more positions never cost less: drop timing noise
-        points.append((k, floor))
+    for n in sorted(times)[1:]:
+        floor = max(floor, times[n] / one)  # more positions never cost less: drop timing noise
+        points.append((n - 1, floor))
     return VerifyCost(tuple(points))
+
+
+def measure_verify_cost(model: Transformer, ks: tuple[int, ...] = (1, 2, 4, 8, 15), depth: int = 128,
+                        reps: int = 3) -> VerifyCost:
+    """The cost table of one measurement (measure_pass_times, which overwrites the model's KV cache)."""
+    return cost_from_times(measure_pass_times(model, ks, depth, reps))

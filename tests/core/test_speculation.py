@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from codegemma import GenerateOptions
+from codegemma import GenerateOptions, engine as engine_module
+from codegemma.batch import BatchEngine
 from codegemma.drafters import AdaptiveLength
-from codegemma.engine import Engine
-from codegemma.speculation import VerifyCost, expected_tokens, measure_verify_cost
+from codegemma.engine import RECHECKS, Engine
+from codegemma.speculation import VerifyCost, cost_from_times, expected_tokens, measure_verify_cost
 from tests.tiny import random_model, tiny_config, tiny_engine
 
 CHEAP = VerifyCost(((0, 1.0), (1, 1.02), (4, 1.08), (8, 1.15), (16, 1.4)))  # memory-bound verification
@@ -53,6 +54,67 @@ def test_measured_cost_on_a_model():
     ratios = [c for _, c in cost.points]
     assert ks == [0, 1, 4, 16] and ratios[0] == 1.0
     assert ratios == sorted(ratios)  # never cheaper with more positions
+
+
+def test_cost_from_best_pass_times():
+    cost = cost_from_times({1: 0.010, 2: 0.012, 5: 0.011, 9: 0.020})
+    assert cost.points == ((0, 1.0), (1, pytest.approx(1.2)), (4, pytest.approx(1.2)), (8, pytest.approx(2.0)))
+    assert cost_from_times({}) is not None and cost_from_times({1: 0.01}).pays()
+
+
+def _loaded_then_quiet(loaded_measurements: int):
+    """measure_pass_times as a machine gives it while something else runs (the first `loaded_measurements`
+    times: several rows cost as much as that many steps) and then when it is quiet; and the calls made."""
+    calls: list[tuple[int, ...]] = []
+
+    def measure(model, ks):
+        calls.append(ks)
+        slow = len(calls) <= loaded_measurements
+        return {1: 0.010, **{1 + k: 0.010 * ((1 + k) if slow else 1.0 + 0.01 * k) for k in ks}}
+    return measure, calls
+
+
+def test_speculation_measured_under_load_is_measured_again(monkeypatch):
+    """A verification cost measured while the machine was busy said drafts never pay; the engine looks
+    again later instead of keeping speculation off for the life of the process, and stops looking after
+    RECHECKS more measurements."""
+    measure, calls = _loaded_then_quiet(loaded_measurements=2)
+    monkeypatch.setattr(engine_module, "measure_pass_times", measure)
+    base = tiny_engine(seed=3)
+    engine = Engine(base.model, base.tokenizer, base.name, recheck_after_s=0.0)
+    reference = tiny_engine(seed=3)
+    prompt = engine.tokenizer.encode("for i in range(10):\n    print(i)\n" * 6, bos=True)
+    options = GenerateOptions(max_new_tokens=32, stop_ids=frozenset())
+    assert not engine.speculative_default and len(calls) == 1
+    engine.generate(prompt, options)  # looks again: still loaded
+    assert len(calls) == 2 and not engine.speculative_default
+    gen = engine.generate(prompt, options)  # quiet now: drafts pay
+    assert len(calls) == 3 and engine.speculative_default and gen.stats.drafted > 0
+    plain = reference.generate(prompt, GenerateOptions(max_new_tokens=32, stop_ids=frozenset(), speculative=False))
+    assert gen.tokens == plain.tokens
+    engine.generate(prompt, options)  # it pays: no more measuring
+    assert len(calls) == 3
+
+    always, calls = _loaded_then_quiet(loaded_measurements=100)
+    monkeypatch.setattr(engine_module, "measure_pass_times", always)
+    engine = Engine(base.model, base.tokenizer, base.name, recheck_after_s=0.0)
+    for _ in range(RECHECKS + 3):
+        engine.generate(prompt, GenerateOptions(max_new_tokens=2, stop_ids=frozenset()))
+    assert len(calls) == 1 + RECHECKS and not engine.speculative_default
+
+
+def test_batched_engine_turns_speculation_on_after_a_loaded_measurement(monkeypatch):
+    measure, calls = _loaded_then_quiet(loaded_measurements=1)
+    monkeypatch.setattr(engine_module, "measure_pass_times", measure)
+    base = tiny_engine(seed=4)
+    batch = BatchEngine(Engine(base.model, base.tokenizer, base.name, recheck_after_s=0.0), slots=2)
+    try:
+        assert not batch.scheduler.speculative
+        prompt = base.tokenizer.encode("x = 1\ny = 2\n" * 8, bos=True)
+        batch.generate(prompt, GenerateOptions(max_new_tokens=4, stop_ids=frozenset()))
+        assert len(calls) == 2 and batch.scheduler.speculative
+    finally:
+        batch.close()
 
 
 def test_first_measurement_keeps_prompt_reuse_right():
