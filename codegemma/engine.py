@@ -71,6 +71,11 @@ class Engine:
         self._recheck_at = time.monotonic() + self._recheck_after_s * 2 ** self._measurements
         self._measurements += 1
 
+    @property
+    def verify_measurements(self) -> int:
+        """How many times the verification cost has been measured (0 before first use)."""
+        return self._measurements
+
     def recheck_speculation(self) -> bool:
         """Measure the verification cost again where the last table said drafts do not pay and the time for
         another look has come (RECHECK_AFTER_S). Returns True when it measured: the model's own KV cache

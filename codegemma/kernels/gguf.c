@@ -196,12 +196,24 @@ static inline int64_t group_of(int64_t K) {
     return g;
 }
 
-/* v[0..n) as int16 fixed point q with the returned scale: v ~= q * scale */
+/* v[0..n) as int16 fixed point q with the returned scale: v ~= q * scale (n a multiple of 32). Vectorized
+ * where the CPU allows, with the scalar loop's results: the maximum is exact in any order, and the vector
+ * conversion rounds to nearest even as lrintf does. */
 static float fixed16(const float *v, int n, int16_t *q) {
     float mx = 0.0f;
+#ifdef __AVX512F__
+    __m512 m = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(v + i)), m); /* a NaN skipped, as fmaxf skips it */
+    mx = _mm512_reduce_max_ps(m);
+    float inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
+    for (int i = 0; i < n; i += 16)
+        _mm256_storeu_si256((__m256i *)(q + i),
+                            _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + i), _mm512_set1_ps(inv)))));
+#else
     for (int i = 0; i < n; i++) mx = fmaxf(mx, fabsf(v[i]));
     float inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
     for (int i = 0; i < n; i++) q[i] = (int16_t)lrintf(v[i] * inv);
+#endif
     return mx / 32767.0f;
 }
 
