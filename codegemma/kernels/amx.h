@@ -63,22 +63,39 @@ typedef struct {
     int64_t per_group; /* units per input scale */
 } amx_input;
 
+/* out[0 .. 16 M) = v[j % M]: the M values repeated as the lanes take them */
+static inline void amx_lanes(float *out, const float *v, int M) {
+    memcpy(out, v, sizeof(float) * M);
+    for (int have = M; have < 16 * M; have *= 2) memcpy(out + have, out, sizeof(float) * (size_t)(have < 16 * M - have ? have : 16 * M - have));
+}
+
+/* Serial work before each product's threads start (the other thread waits): vectorized, a unit of a row at
+ * a time. */
 static void amx_pack(const xprep *x, int M, int64_t K, amx_input *a) {
     int64_t units = K / UNIT, g = group_of(K);
     a->per_group = g / UNIT;
-    for (int64_t u = 0; u < units; u++)
-        for (int j = 0; j < 8; j++)
-            for (int m = 0; m < M; m++)
-                for (int i = 0; i < 4; i++) {
-                    int v = x[m].xk[u * UNIT + 4 * j + i];
-                    int64_t at = ((u * 8 + j) * M + m) * 4 + i;
-                    a->hi[at] = (int8_t)(v >> 8); /* arithmetic shift: v = 256 * hi + lo, lo in 0..255 */
-                    a->lo[at] = (uint8_t)(v & 0xFF);
-                }
-    for (int64_t i = 0; i < K / g; i++)
-        for (int j = 0; j < 16 * M; j++) a->sk[i * 16 * M + j] = x[j % M].sk[i];
-    for (int64_t u = 0; u < units; u++)
-        for (int j = 0; j < 16 * M; j++) a->xs[u * 16 * M + j] = x[j % M].xs[u];
+    for (int m = 0; m < M; m++)
+        for (int64_t u = 0; u < units; u++) {
+            __m512i v = _mm512_loadu_si512((const void *)(x[m].xk + u * UNIT));
+            /* arithmetic shift: v = 256 * hi + lo, lo in 0..255 */
+            __m256i hi = _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)), lo = _mm512_cvtepi16_epi8(v);
+            uint32_t h[8], l[8];
+            _mm256_storeu_si256((__m256i *)h, hi);
+            _mm256_storeu_si256((__m256i *)l, lo);
+            for (int j = 0; j < 8; j++) { /* 4 values (bytes) of group j at ((u * 8 + j) * M + m) * 4 */
+                memcpy(a->hi + ((u * 8 + j) * M + m) * 4, &h[j], 4);
+                memcpy(a->lo + ((u * 8 + j) * M + m) * 4, &l[j], 4);
+            }
+        }
+    float v[MAX_M];
+    for (int64_t i = 0; i < K / g; i++) {
+        for (int m = 0; m < M; m++) v[m] = x[m].sk[i];
+        amx_lanes(a->sk + i * 16 * M, v, M);
+    }
+    for (int64_t u = 0; u < units; u++) {
+        for (int m = 0; m < M; m++) v[m] = x[m].xs[u];
+        amx_lanes(a->xs + u * 16 * M, v, M);
+    }
 }
 
 /* The AMX formats: a float scale d per 32-weight unit and weights small integers (Q8_0: q; Q5_0: q - 16;
