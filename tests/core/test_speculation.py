@@ -148,3 +148,14 @@ def test_speculative_greedy_equals_plain_for_every_draft_length(max_draft):
         assert spec.tokens == plain.tokens
         assert spec.stats.drafted > 0
         assert max(spec.stats.drafted, 1) <= max_draft * spec.stats.forward_passes
+
+
+def test_bench_runs_every_case_in_both_modes():
+    """`codegemma bench speculative` times each case plain and speculative; greedy, both make the same text."""
+    from codegemma.bench.speculative import run_completions
+
+    engine = tiny_engine(seed=3)
+    cases = [{"prompt": "for i in range(10):\n    print(i)\n" * 3, "suffix": "\nprint(i)\n"}] * 3
+    out = run_completions(engine, cases, 12, single=False)
+    assert out["plain"]["tokens"] == out["speculative"]["tokens"] > 0
+    assert out["plain"]["drafted"] == 0 and out["speedup"] > 0
