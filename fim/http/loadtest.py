@@ -1,11 +1,16 @@
 """`codegemma bench http`: a load test of the HTTP server on loopback.
 
 Starts `codegemma serve` as a subprocess, runs N concurrent clients for a fixed time against its
-completion routes (cursor positions in standard-library files), samples the server's memory, then checks
+completion routes, samples the server's memory, then checks
 that it survived, stayed under the RSS bound and still answers a normal request. It does this twice, with
 batching (`--parallel` slots) and with one slot, the same requests in the same order, and prints each run's
 throughput, p50/p95 latency and status counts, and the ratio of the two throughputs (`batching_speedup`);
 the last line is one JSON object: the batched run's figures, `one_slot` with the other run's, and the ratio.
+
+Two loads (`--load`): `random` (the default), every request at a random cursor position in a standard-library
+file, so nearly every prompt is new; `typing`, each client an editor user going down its own file a line
+per request, so its prompts grow from a fixed start and a server can reuse their cache (the text before the
+cursor restarts further down, as llama.vscode's chunks do, once it passes --prefix-chars).
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load (default %(default)s)")
     p.add_argument("--model", default=None, help="model for the server (default: the embedded one)")
     p.add_argument("--route", choices=(*ROUTES, "mixed"), default="mixed", help="which API to load")
+    p.add_argument("--load", choices=("random", "typing"), default="random",
+                   help="random cursor positions, or each client typing down its own file (module docstring)")
     p.add_argument("--n-predict", type=int, default=32, help="tokens per completion (default %(default)s)")
     p.add_argument("--prefix-chars", type=int, default=1500, help="text before the cursor (default %(default)s)")
     p.add_argument("--parallel", type=int, default=4, help="the batched run's slots, the server's --parallel "
@@ -67,6 +74,24 @@ def samples(seed: int, n: int = 64, prefix_chars: int = 1500) -> list[tuple[str,
         starts = [i + 1 for i, c in enumerate(text) if c == "\n"]
         cursor = rng.choice(starts[len(starts) // 10:])
         out.append((name, text[max(0, cursor - prefix_chars):cursor], text[cursor:cursor + prefix_chars // 4]))
+    return out
+
+
+def typing_samples(client: int, prefix_chars: int = 1500, lines: int = 400) -> list[tuple[str, str, str]]:
+    """(path, prefix, suffix) of client `client` typing down its own standard-library file: the cursor at
+    each next line start from a tenth of the file on; the prefix starts at a fixed point and moves on by half
+    of `prefix_chars` whenever it would grow past it."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    names = [name for name in SAMPLE_FILES if (stdlib / name).exists()]
+    name = names[client % len(names)]
+    text = (stdlib / name).read_text(encoding="utf-8")
+    starts = [i + 1 for i, c in enumerate(text) if c == "\n"]
+    starts = starts[len(starts) // 10:][:lines]
+    out, anchor = [], max(0, starts[0] - prefix_chars // 2)
+    for cursor in starts:
+        while cursor - anchor > prefix_chars:
+            anchor += prefix_chars // 2
+        out.append((name, text[anchor:cursor], text[cursor:cursor + prefix_chars // 4]))
     return out
 
 
@@ -134,9 +159,12 @@ class Server:
 
 
 async def client_loop(client: httpx.AsyncClient, url: str, requests: list[tuple[str, dict]], end: float,
-                      rng: random.Random, results: list[tuple[str, float]]) -> None:
+                      rng: random.Random | None, results: list[tuple[str, float]]) -> None:
+    """Requests until `end`: random choices of `requests`, or (rng None) them in order, round and round."""
+    turn = 0
     while time.monotonic() < end:
-        path, body = rng.choice(requests)
+        path, body = rng.choice(requests) if rng is not None else requests[turn % len(requests)]
+        turn += 1
         start = time.monotonic()
         try:
             # A request still running at the end is abandoned (the server cancels it) and counted as such.
@@ -186,7 +214,7 @@ def percentile(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace, parallel: int) -> dict:
     """One load run against a server with `parallel` slots."""
     server = Server(args.model, free_port(), args.max_queue, args.n_predict, parallel)
-    report: dict = {"clients": args.clients, "duration_s": args.duration, "route": args.route,
+    report: dict = {"clients": args.clients, "duration_s": args.duration, "route": args.route, "load": args.load,
                     "model": args.model or "default", "parallel": parallel, "max_rss_mb": args.max_rss_mb}
     try:
         async with httpx.AsyncClient(timeout=300.0, limits=httpx.Limits(max_connections=args.clients + 2)) as client:
@@ -195,13 +223,18 @@ async def run(args: argparse.Namespace, parallel: int) -> dict:
                 return {**report, "passed": False, "error": problem}
             rng = random.Random(args.seed)
             routes = ROUTES if args.route == "mixed" else (args.route,)
-            requests = [request_for(routes[i % len(routes)], s, args.n_predict)
-                        for i, s in enumerate(samples(args.seed, prefix_chars=args.prefix_chars))]
+            if args.load == "typing":  # each client its own file and route, in order
+                plans = [([request_for(routes[c % len(routes)], s, args.n_predict)
+                           for s in typing_samples(c, args.prefix_chars)], None) for c in range(args.clients)]
+            else:
+                requests = [request_for(routes[i % len(routes)], s, args.n_predict)
+                            for i, s in enumerate(samples(args.seed, prefix_chars=args.prefix_chars))]
+                plans = [(requests, random.Random(rng.random())) for _ in range(args.clients)]
             results: list[tuple[str, float]] = []
             start = time.monotonic()
             end = start + args.duration
-            loops = [asyncio.create_task(client_loop(client, server.url, requests, end, random.Random(rng.random()),
-                                                     results)) for _ in range(args.clients)]
+            loops = [asyncio.create_task(client_loop(client, server.url, plan, end, choice, results))
+                     for plan, choice in plans]
             while not all(t.done() for t in loops):
                 server.sample_rss()
                 await asyncio.sleep(0.2)
@@ -235,7 +268,7 @@ def _print_run(label: str, report: dict, args: argparse.Namespace) -> None:
         print(f"codegemma bench http: {label}: {report['error']}", file=sys.stderr)
         return
     print(f"{label}: {report['requests']} requests from {args.clients} clients in {report['elapsed_s']} s "
-          f"({report['route']}, {args.n_predict} tokens each)")
+          f"({report['route']}, {report['load']} load, {args.n_predict} tokens each)")
     print(f"  throughput {report['throughput_rps']} completions/s, latency p50 {report['p50_ms']} ms, "
           f"p95 {report['p95_ms']} ms")
     print("  status codes: " + ", ".join(f"{k}: {v}" for k, v in sorted(report["status_counts"].items())))

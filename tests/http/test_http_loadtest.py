@@ -59,3 +59,24 @@ def test_loadtest_with_the_default_model(capsys):
     assert report["model"] == "default" and report["ok"] >= 1
     assert report["survived"] and report["after_ok"] and report["peak_rss_mb"] <= 2500
     assert not set(report["status_counts"]) - {"200", "503", "unfinished"}, report["status_counts"]
+
+
+def test_typing_clients_go_down_their_own_files():
+    from fim.http.loadtest import typing_samples
+
+    first, other = typing_samples(0, prefix_chars=300, lines=40), typing_samples(1, prefix_chars=300, lines=40)
+    assert first[0][0] != other[0][0] and len(first) == 40
+    for (name, prefix, _), (_, following, _) in zip(first, first[1:]):
+        assert len(prefix) <= 300 and len(following) <= 300
+        # the next request extends this prompt, or its text before the cursor restarted further down (by
+        # half of prefix_chars at a time)
+        assert any(following.startswith(prefix[i:]) for i in range(0, len(prefix), 150)), (prefix, following)
+    assert sum(following.startswith(prefix) for (_, prefix, _), (_, following, _) in zip(first, first[1:])) > 30
+
+
+def test_loadtest_typing_load_with_a_tiny_engine(capsys):
+    code = main(["--model", tiny_checkpoint(), "--clients", "2", "--duration", "4", "--n-predict", "4",
+                 "--prefix-chars", "200", "--load", "typing", "--max-rss-mb", "2000", "--startup-timeout", "120"])
+    report = _report(capsys)
+    assert code == 0, report
+    assert report["load"] == "typing" and report["ok"] >= 1 and report["one_slot"]["ok"] >= 1
