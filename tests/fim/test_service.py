@@ -8,6 +8,7 @@ import pytest
 
 from fim import CompletionOptions, CompletionRequest, CompletionService, QueueFullError, ServiceNotReadyError
 from fim.errors import BadRequestError
+from tests.tiny import tiny_engine
 
 TEXT = "def add(a, b):\n    return a + b\n\nresult = add(1, "
 REQUEST = CompletionRequest("calc.py", TEXT, len(TEXT), options=CompletionOptions(max_tokens=3))
@@ -22,7 +23,23 @@ def test_requests_are_served_in_order_with_progress(fim_engine):
         responses = [f.result(timeout=60) for f in futures]
         assert service.ready and service.error is None
         assert progress[-1] == (f"model ready: {fim_engine.name}", 1.0)
+        assert ("warming up", 0.9) in progress
         assert len({r.text for r in responses}) == 1  # greedy: the same request gives the same completion
+    finally:
+        service.close()
+
+
+def test_the_engine_is_warmed_while_loading():
+    """The one-off costs (first native calls, measuring the verification cost) are paid before the service
+    says it is ready, not by the first completion."""
+    engine = tiny_engine(fim=True)
+    assert engine.verify_measurements == 0
+    service = CompletionService(engine=engine)
+    service.start()
+    try:
+        assert service.wait_ready(timeout=60) and engine.verify_measurements == 1
+        service.submit(REQUEST).result(timeout=60)
+        assert engine.verify_measurements == 1
     finally:
         service.close()
 
