@@ -99,9 +99,3 @@ def cost_from_times(times: dict[int, float]) -> VerifyCost:
         floor = max(floor, times[n] / one)  # more positions never cost less: drop timing noise
         points.append((n - 1, floor))
     return VerifyCost(tuple(points))
-
-
-def measure_verify_cost(model: Transformer, ks: tuple[int, ...] = (1, 2, 4, 8, 15), depth: int = 128,
-                        reps: int = 3) -> VerifyCost:
-    """The cost table of one measurement (measure_pass_times, which overwrites the model's KV cache)."""
-    return cost_from_times(measure_pass_times(model, ks, depth, reps))

@@ -177,8 +177,8 @@ class CompletionService:
                 # by the first completion: ~0.6 s of it for the embedded model
                 report("warming up", 0.9)
                 self.engine.warmup()
-            if self.parallel > 1 and isinstance(self.engine, Engine):
-                self.engine = BatchEngine(self.engine, self.parallel)
+                if self.parallel > 1:
+                    self.engine = BatchEngine(self.engine, self.parallel)
         except Exception as error:  # noqa: BLE001 - a load failure is reported, never raised into a thread
             self.error = str(error).splitlines()[0] if str(error) else type(error).__name__
             report(f"model failed to load: {self.error}", 1.0)

@@ -194,7 +194,7 @@ static inline __attribute__((always_inline)) void amx_scales(int type, const uin
 /* Start the exact int32 dot products of the 16 staged weight rows q (`stride` apart) of unit u with the M
  * input rows, into c[n * M + m] (hi) and c[256 + n * M + m] (lo); the caller reads the previous unit's back
  * meanwhile (from its own c). One pair of product tiles for all units: alternating two pairs between even
- * and odd units (a branch per unit) measured 15-29% slower with 2-9 input rows of Q8_0 weights. */
+ * and odd units (a branch per unit) measured 10-29% slower with 2-16 input rows of Q8_0 weights. */
 static inline __attribute__((always_inline)) void amx_unit(const uint8_t *q, int64_t stride, int64_t u,
                                                            const amx_input *a, int M, int32_t *c) {
     _tile_loadd(T_W, q, stride);

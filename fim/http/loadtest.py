@@ -63,16 +63,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _sample_files() -> list[tuple[str, str, list[int]]]:
+    """(path, text, cursor positions) of the standard-library sample files: the line starts from a tenth of
+    the file on."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for name in SAMPLE_FILES:
+        if (stdlib / name).exists():
+            text = (stdlib / name).read_text(encoding="utf-8")
+            starts = [i + 1 for i, c in enumerate(text) if c == "\n"]
+            out.append((name, text, starts[len(starts) // 10:]))
+    return out
+
+
 def samples(seed: int, n: int = 64, prefix_chars: int = 1500) -> list[tuple[str, str, str]]:
     """(path, prefix, suffix) at random line starts of standard-library files."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    texts = [(name, (stdlib / name).read_text(encoding="utf-8")) for name in SAMPLE_FILES if (stdlib / name).exists()]
+    files = _sample_files()
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        name, text = rng.choice(texts)
-        starts = [i + 1 for i, c in enumerate(text) if c == "\n"]
-        cursor = rng.choice(starts[len(starts) // 10:])
+        name, text, starts = rng.choice(files)
+        cursor = rng.choice(starts)
         out.append((name, text[max(0, cursor - prefix_chars):cursor], text[cursor:cursor + prefix_chars // 4]))
     return out
 
@@ -81,12 +92,9 @@ def typing_samples(client: int, prefix_chars: int = 1500, lines: int = 400) -> l
     """(path, prefix, suffix) of client `client` typing down its own standard-library file: the cursor at
     each next line start from a tenth of the file on; the prefix starts at a fixed point and moves on by half
     of `prefix_chars` whenever it would grow past it."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    names = [name for name in SAMPLE_FILES if (stdlib / name).exists()]
-    name = names[client % len(names)]
-    text = (stdlib / name).read_text(encoding="utf-8")
-    starts = [i + 1 for i, c in enumerate(text) if c == "\n"]
-    starts = starts[len(starts) // 10:][:lines]
+    files = _sample_files()
+    name, text, starts = files[client % len(files)]
+    starts = starts[:lines]
     out, anchor = [], max(0, starts[0] - prefix_chars // 2)
     for cursor in starts:
         while cursor - anchor > prefix_chars:

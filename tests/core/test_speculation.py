@@ -9,7 +9,7 @@ from codegemma import GenerateOptions, engine as engine_module
 from codegemma.batch import BatchEngine
 from codegemma.drafters import AdaptiveLength
 from codegemma.engine import RECHECKS, Engine
-from codegemma.speculation import VerifyCost, cost_from_times, expected_tokens, measure_verify_cost
+from codegemma.speculation import VerifyCost, cost_from_times, expected_tokens, measure_pass_times
 from tests.tiny import random_model, tiny_config, tiny_engine
 
 CHEAP = VerifyCost(((0, 1.0), (1, 1.02), (4, 1.08), (8, 1.15), (16, 1.4)))  # memory-bound verification
@@ -49,7 +49,7 @@ def test_draft_length_policy_uses_the_cost():
 def test_measured_cost_on_a_model():
     model = random_model(tiny_config("gemma3", 256), seed=1)
     model.setup_cache(512)
-    cost = measure_verify_cost(model, ks=(1, 4, 16), depth=64, reps=2)
+    cost = cost_from_times(measure_pass_times(model, ks=(1, 4, 16), depth=64, reps=2))
     ks = [k for k, _ in cost.points]
     ratios = [c for _, c in cost.points]
     assert ks == [0, 1, 4, 16] and ratios[0] == 1.0
