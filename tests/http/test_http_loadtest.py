@@ -32,6 +32,9 @@ def test_loadtest_rejects_bad_arguments(capsys):
     assert "--clients" in capsys.readouterr().err
     assert main(["--parallel", "17"]) == 2
     assert "--parallel must be 1..16" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # argparse's own refusal: a usage line and exit code 2
+        main(["--load", "burst"])
+    assert stopped.value.code == 2 and "invalid choice: 'burst'" in capsys.readouterr().err
 
 
 def test_loadtest_with_a_tiny_engine(capsys):
