@@ -10,6 +10,7 @@ through it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +110,32 @@ class FusedLinear(NativeLinear):
         ys = [F.linear(xin, _as_float32(w) if widen else w) for w in self.weights]
         y = ys[0] if len(ys) == 1 else torch.cat(ys, -1)
         return y.to(x.dtype)
+
+    def torch_products(self, xs: list[Tensor]) -> list[Tensor]:
+        """Prefill blocks of bfloat16 rows times bfloat16 weights go through one AMX tile product for all of
+        them where the CPU has it (each row as it would be alone: kernels.tile_product); else one by one."""
+        k = self.weights[0].shape[1]
+        if not (kernels.tile_gemm() and k % 32 == 0 and all(x.dtype == torch.bfloat16 for x in xs)
+                and all(w.dtype == torch.bfloat16 and w.is_contiguous() for w in self.weights)):
+            return super().torch_products(xs)
+        return tile_products(xs, [(w.shape[0], lambda first, count, w=w: w[first:first + count]) for w in self.weights])
+
+
+def tile_products(xs: list[Tensor], mats: list[tuple[int, Callable[[int, int], Tensor]]], step: int | None = None) -> list[Tensor]:
+    """Each x [..., K] (bfloat16) times concat(W_0, ...)^T, the rows of all of them in one AMX tile product
+    (kernels.tile_product: a row's result does not depend on the others). mats: (rows N_i, rows(first, count)
+    -> W_i[first:first + count], bfloat16 [count, K] contiguous), taken `step` rows at a time (default: all)."""
+    k = xs[0].shape[-1]
+    x2 = torch.cat([x.reshape(-1, k) for x in xs]).to(torch.bfloat16)
+    packed = kernels.PackedRows(x2.contiguous())
+    y = torch.empty(x2.shape[0], sum(n for n, _ in mats), dtype=torch.bfloat16)
+    col = 0
+    for n, rows in mats:
+        for first in range(0, n, step or n):
+            count = min(step or n, n - first)
+            kernels.tile_product(packed, rows(first, count), y[:, col + first:col + first + count])
+        col += n
+    return [part.to(x.dtype).view(*x.shape[:-1], -1) for part, x in zip(y.split([x.numel() // k for x in xs]), xs)]
 
 
 @torch.no_grad()

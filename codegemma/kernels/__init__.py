@@ -7,8 +7,9 @@ loaded (same soname), so it shares PyTorch's thread pool and `torch.set_num_thre
 found, the build fails or CODEGEMMA_KERNELS=0 is set, `available()` is False and the model uses PyTorch's
 operations instead: the results agree to float32 rounding either way.
 
-They are used for at most MAX_ROWS token rows (decoding, speculative verification): a prefill block of 64
-goes through PyTorch, whose matrix-matrix products block for cache reuse.
+They are used for at most MAX_ROWS token rows (decoding, speculative verification). Prefill blocks of 64
+go through PyTorch's matrix-matrix products, except where the CPU has AMX: there the products of all the
+blocks of a pass run as one tile product (gemm.c), whose rows do not depend on each other.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCES = [Path(__file__).with_name(name) for name in ("ops.c", "gguf.c", "chain.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("ops.c", "gguf.c", "chain.c", "gemm.c")]
 HEADERS = [Path(__file__).with_name(name) for name in ("numerics.h", "amx.h", "tiles.h")]
 MAX_ROWS = 16
 # CODEGEMMA_KERNELS_MARCH: the -march target (default native); e.g. x86-64-v2 for a build without AVX-512
@@ -137,6 +138,14 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_gguf_layers.argtypes = [p, i, p, i, i64, p, p, p, p]
     lib.cg_amx.restype = i
     lib.cg_amx.argtypes = [i]
+    lib.cg_bf16_gemm_ready.restype = i
+    lib.cg_bf16_gemm_ready.argtypes = []
+    lib.cg_bf16_packed_size.restype = i64
+    lib.cg_bf16_packed_size.argtypes = [i64, i]
+    lib.cg_bf16_pack.restype = None
+    lib.cg_bf16_pack.argtypes = [p, i64, i64, i, p]
+    lib.cg_bf16_gemm.restype = i
+    lib.cg_bf16_gemm.argtypes = [p, i64, i, p, i64, p, i64]
     # Products of several rows on AMX tiles where the CPU and kernel allow (CODEGEMMA_AMX=0: never).
     # Decided here, once per process, before any product: the two paths round differently.
     global _amx
@@ -169,6 +178,12 @@ def amx() -> bool:
     """True when the GGUF (Q8_0, Q5_0, Q4_0, Q4_K, Q6_K) and bfloat16 products of several rows run on AMX
     tiles (Sapphire Rapids and later; amx.h, ops.c)."""
     return available() and _amx
+
+
+def tile_gemm() -> bool:
+    """True when prefill products of bfloat16 rows run on AMX tiles (gemm.c): one product for all the rows of
+    a pass, each row computed as it would be alone."""
+    return amx() and bool(_lib.cg_bf16_gemm_ready())
 
 
 def unavailable_reason() -> str:
@@ -341,6 +356,31 @@ def gguf_dequantize(raw: Tensor, qtype: int, k: int, first: int, n: int, out: Te
     if _lib.cg_gguf_dequantize(raw.data_ptr(), qtype, k, first, n, out.data_ptr(), int(out.dtype == torch.bfloat16)) != 0:
         raise ValueError(f"GGUF type {qtype} rows of {k} weights cannot be dequantized natively")
     return out
+
+
+class PackedRows:
+    """Input rows x [M, K] (bfloat16, K a multiple of 32) packed once for several `tile_product` calls."""
+
+    def __init__(self, x: Tensor):
+        if x.dtype != torch.bfloat16 or x.dim() != 2 or x.stride(-1) != 1 or x.shape[1] % 32:
+            raise ValueError("tile products take bfloat16 rows [M, K] with K a multiple of 32")
+        self.m, self.k = x.shape
+        self.data = torch.empty(_lib.cg_bf16_packed_size(self.m, self.k), dtype=torch.bfloat16)
+        _lib.cg_bf16_pack(x.data_ptr(), x.stride(0), self.m, self.k, self.data.data_ptr())
+
+
+def tile_product(rows: PackedRows, w: Tensor, out: Tensor) -> None:
+    """out [M, N] = rows . w^T for bfloat16 weights w [N, K] (contiguous) into a bfloat16 view `out` whose
+    rows may be apart (a column range of a wider result); see cg_bf16_gemm (gemm.c)."""
+    if (w.dtype != torch.bfloat16 or not w.is_contiguous() or w.shape[1] != rows.k or out.dtype != torch.bfloat16
+            or tuple(out.shape) != (rows.m, w.shape[0]) or out.stride(-1) != 1):
+        raise ValueError("tile product shapes or types do not match")
+    rc = _lib.cg_bf16_gemm(rows.data.data_ptr(), rows.m, rows.k, w.data_ptr(), w.shape[0], out.data_ptr(),
+                           out.stride(0))
+    if rc == -1:
+        raise MemoryError("out of memory in the native tile product")
+    if rc != 0:
+        raise RuntimeError("the tile products are not available here")
 
 
 def gguf_layers(shape: object, n: int, layers: object, rows: int, start: int, x: int, positions: object = None,

@@ -1,0 +1,192 @@
+/* Prefill products on AMX tiles: y[M, N] = x[M, K] . W[N, K]^T for bfloat16 x and W (a GGUF matrix's rows
+ * dequantized into a buffer), float32 sums rounded once to bfloat16.
+ *
+ * Why: PyTorch multiplies a pass's rows 2-4x faster in one product than block by block, but rounds a row
+ * differently depending on how many rows it has, and prompt reuse must stay bit-identical (a cached prefix
+ * plus a recomputed tail equals a fresh prefill). Here every output follows one recipe whatever M is:
+ *     c = 0; for s = 0 .. K/32 - 1: c += the tile dot product of values 32 s .. 32 s + 31   (tdpbf16ps)
+ * so all the blocks of a prefill pass go through one product and each row is what it would be alone.
+ *
+ * Layout: W is the A operand (16 weight rows x 32 values, read in place), the input rows the B operand
+ * (packed once per product by cg_bf16_pack: 16 value pairs x 16 rows); each step multiplies 32 weight rows
+ * by 32 input rows in four tiles.
+ */
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "numerics.h"
+
+#if defined(__AVX512F__) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#include <immintrin.h>
+
+#include "tiles.h"
+#define HAVE_TILE_GEMM 1
+#endif
+
+/* input rows are packed in groups of 16 (zeros past M), an even number of groups */
+static int64_t row_groups(int64_t M) { return (M + 31) / 32 * 2; }
+
+/* 1 when cg_bf16_gemm runs here (built with AMX-BF16 and the process uses AMX tiles) */
+int cg_bf16_gemm_ready(void) {
+#ifdef HAVE_TILE_GEMM
+    return cg_amx_on;
+#else
+    return 0;
+#endif
+}
+
+/* bfloat16 elements of the packed form of M rows of K values */
+int64_t cg_bf16_packed_size(int64_t M, int K) { return row_groups(M) * 16 * (int64_t)K; }
+
+/* x [M, K] (rows x_stride elements apart) -> xp: for group g, step s, pair p, row m of the group, the two
+ * values x[16 g + m][32 s + 2 p + 0..1] at xp[((g * K/32 + s) * 16 + p) * 32 + 2 m + 0..1] */
+void cg_bf16_pack(const uint16_t *x, int64_t x_stride, int64_t M, int K, uint16_t *xp) {
+    int64_t groups = row_groups(M), steps = K / 32;
+#pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t s = 0; s < steps; s++) {
+            uint16_t *t = xp + (g * steps + s) * 512;
+            for (int m = 0; m < 16; m++) {
+                int64_t row = 16 * g + m;
+                const uint16_t *src = x + row * x_stride + 32 * s;
+                for (int p = 0; p < 16; p++) {
+                    t[p * 32 + 2 * m] = row < M ? src[2 * p] : 0;
+                    t[p * 32 + 2 * m + 1] = row < M ? src[2 * p + 1] : 0;
+                }
+            }
+        }
+}
+
+#ifdef HAVE_TILE_GEMM
+/* weight rows [0, 32) of W times input groups g, g + 1 -> c[(2 a + b) * 256 + r * 16 + m]: weight row
+ * 16 a + r, input row m of group g + b. Tiles: 0-1 weights, 2-3 inputs, 4-7 sums. */
+static void tile_block(const uint16_t *W, int K, const uint16_t *xp, int64_t g, float *c) {
+    int64_t steps = K / 32, bytes = 2 * (int64_t)K;
+    const uint16_t *b0 = xp + g * 16 * (int64_t)K, *b1 = b0 + 16 * (int64_t)K;
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    _tile_zero(7);
+    for (int64_t s = 0; s < steps; s++) {
+        _tile_loadd(0, W + 32 * s, bytes);
+        _tile_loadd(1, W + 16 * (int64_t)K + 32 * s, bytes);
+        _tile_loadd(2, b0 + 512 * s, 64);
+        _tile_loadd(3, b1 + 512 * s, 64);
+        _tile_dpbf16ps(4, 0, 2);
+        _tile_dpbf16ps(5, 0, 3);
+        _tile_dpbf16ps(6, 1, 2);
+        _tile_dpbf16ps(7, 1, 3);
+    }
+    _tile_stored(4, c, 64);
+    _tile_stored(5, c + 256, 64);
+    _tile_stored(6, c + 512, 64);
+    _tile_stored(7, c + 768, 64);
+}
+
+#ifdef __AVX512BF16__
+/* r[i] = row i of a 16 x 16 float32 block -> r[j] = its column j */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* u[4 i + j], 128-bit lane L: column 4 L + j of rows 4 i .. 4 i + 3 */
+        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3])));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3])));
+    }
+    for (int j = 0; j < 4; j++) {
+        __m512 lo0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), lo1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
+        __m512 hi0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE), hi1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+        r[j] = _mm512_shuffle_f32x4(lo0, lo1, 0x88);
+        r[4 + j] = _mm512_shuffle_f32x4(lo0, lo1, 0xDD);
+        r[8 + j] = _mm512_shuffle_f32x4(hi0, hi1, 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(hi0, hi1, 0xDD);
+    }
+}
+#endif
+
+/* the sums of weight rows [n, n + rows) (rows <= 32) into y, rounded to bfloat16 (nearest even) */
+static void write_block(const float *c, int64_t g, int64_t M, int64_t n, int rows, uint16_t *y, int64_t ldy) {
+#ifdef __AVX512BF16__
+    for (int a = 0; 16 * a < rows; a++) {
+        int valid = rows - 16 * a < 16 ? rows - 16 * a : 16;
+        __mmask16 keep = (__mmask16)((1u << valid) - 1);
+        for (int b = 0; b < 2; b++) {
+            __m512 r[16];
+            const float *tile = c + (2 * a + b) * 256;
+            for (int i = 0; i < 16; i++) r[i] = _mm512_load_ps(tile + 16 * i);
+            transpose16(r); /* r[m]: input row m's sums over the 16 weight rows */
+            for (int m = 0; m < 16; m++) {
+                int64_t row = 16 * (g + b) + m;
+                if (row >= M) break;
+                __m256i v = (__m256i)_mm512_cvtneps_pbh(r[m]);
+                _mm256_mask_storeu_epi16(y + row * ldy + n + 16 * a, keep, v);
+            }
+        }
+    }
+#else
+    for (int b = 0; b < 2; b++)
+        for (int m = 0; m < 16; m++) {
+            int64_t row = 16 * (g + b) + m;
+            if (row >= M) return;
+            uint16_t *out = y + row * ldy + n;
+            for (int r = 0; r < rows; r++) out[r] = f32_to_bf16(c[((r >> 4) * 2 + b) * 256 + (r & 15) * 16 + m]);
+        }
+#endif
+}
+#endif
+
+/* y[m * ldy + n] = sum_k x[m][k] W[n][k] for m < M, n < N, from the packed inputs xp (cg_bf16_pack); W [N, K]
+ * contiguous, K a multiple of 32. Each thread takes a share of the weight rows, 32 at a time. Returns 0,
+ * -1 when out of memory, -2 where the tiles are not available. */
+int cg_bf16_gemm(const uint16_t *xp, int64_t M, int K, const uint16_t *W, int64_t N, uint16_t *y, int64_t ldy) {
+#ifdef HAVE_TILE_GEMM
+    if (!cg_amx_on || K % 32) return -2;
+    int64_t groups = row_groups(M), blocks = (N + 31) / 32;
+    int failed = 0;
+#pragma omp parallel
+    {
+        int64_t t = omp_get_thread_num(), threads = omp_get_num_threads();
+        float *c = (float *)aligned_alloc(64, 4 * 256 * sizeof(float));
+        uint16_t *pad = NULL; /* a last block of fewer than 32 weight rows, zero-padded */
+        tile_config cfg = {.palette = 1};
+        for (int i = 0; i < 8; i++) cfg.rows[i] = 16, cfg.colsb[i] = 64;
+        _tile_loadconfig(&cfg);
+        int bad = c == NULL;
+        for (int64_t blk = blocks * t / threads; blk < blocks * (t + 1) / threads && !bad; blk++) {
+            int64_t n = 32 * blk;
+            int rows = N - n < 32 ? (int)(N - n) : 32;
+            const uint16_t *w = W + n * K;
+            if (rows < 32) {
+                pad = (uint16_t *)calloc(32 * (size_t)K, 2);
+                if (!pad) {
+                    bad = 1;
+                    break;
+                }
+                memcpy(pad, w, (size_t)rows * K * 2);
+                w = pad;
+            }
+            for (int64_t g = 0; g < groups; g += 2) {
+                tile_block(w, K, xp, g, c);
+                write_block(c, g, M, n, rows, y, ldy);
+            }
+        }
+        if (bad) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        _tile_release();
+        free(pad);
+        free(c);
+    }
+    return failed ? -1 : 0;
+#else
+    (void)xp, (void)M, (void)K, (void)W, (void)N, (void)y, (void)ldy;
+    return -2;
+#endif
+}

@@ -1,0 +1,69 @@
+"""Prefill products on AMX tiles (kernels/gemm.c): right to bfloat16 rounding, and each row's result the
+same whatever rows it is computed with, so a pass's blocks can share one product and prompt reuse stays
+bit-identical."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from codegemma import kernels
+from codegemma.linear import FusedLinear
+
+pytestmark = pytest.mark.skipif(not kernels.tile_gemm(), reason="no AMX tile products on this CPU or build")
+
+
+def _product(x: torch.Tensor, w: torch.Tensor, width: int, col: int) -> torch.Tensor:
+    """x . w^T written into columns col.. of a wider result (rows apart by `width`), as prefill does."""
+    out = torch.full((x.shape[0], width), float("nan"), dtype=torch.bfloat16)
+    kernels.tile_product(kernels.PackedRows(x), w, out[:, col:col + w.shape[0]])
+    assert out[:, :col].isnan().all() and out[:, col + w.shape[0]:].isnan().all()  # nothing written outside
+    return out[:, col:col + w.shape[0]]
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 32, 32), (77, 45, 96), (130, 70, 640), (16, 17, 64)])
+def test_tile_products_match_a_float_reference(m, n, k):
+    gen = torch.Generator().manual_seed(m * n + k)
+    x = torch.randn(m, k, generator=gen).bfloat16()
+    w = (torch.randn(n, k, generator=gen) * 0.1).bfloat16()
+    got = _product(x, w, n + 9, 5).double()
+    ref = x.double() @ w.double().t()
+    # float32 sums rounded once to bfloat16: within a bfloat16 step of the magnitude summed
+    bound = (x.double().abs() @ w.double().abs().t()) * 2 ** -7 + 1e-6
+    assert ((got - ref).abs() <= bound).all()
+
+
+def test_a_rows_result_does_not_depend_on_its_companions():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(101, 192, generator=gen).bfloat16()
+    w = (torch.randn(83, 192, generator=gen) * 0.1).bfloat16()
+    whole = _product(x, w, 83, 0)
+    for bounds in ([0, 1, 101], [0, 16, 33, 64, 101], [0, 50, 51, 100, 101]):
+        parts = [_product(x[lo:hi].contiguous(), w, 83, 0) for lo, hi in zip(bounds, bounds[1:])]
+        assert torch.equal(torch.cat(parts), whole)
+
+
+def test_fused_bf16_weights_take_prefill_blocks_in_one_product():
+    gen = torch.Generator().manual_seed(2)
+    weights = [(torch.randn(n, 128, generator=gen) * 0.1).bfloat16() for n in (64, 32, 32)]
+    linear = FusedLinear(weights)
+    blocks = [torch.randn(1, s, 128, generator=gen).bfloat16() for s in (64, 64, 23)]
+    together = linear.torch_products(blocks)
+    for block, got in zip(blocks, together):
+        assert got.shape == (1, block.shape[1], 128) and got.dtype == torch.bfloat16
+        assert torch.equal(got, linear.torch_products([block])[0])
+        ref = block.double() @ torch.cat(weights).double().t()
+        assert (got.double() - ref).abs().max() < 0.05
+
+
+def test_bad_shapes_are_refused():
+    x = torch.randn(4, 64).bfloat16()
+    with pytest.raises(ValueError):
+        kernels.PackedRows(torch.randn(4, 40).bfloat16())  # K not a multiple of 32
+    with pytest.raises(ValueError):
+        kernels.PackedRows(x.float())
+    rows = kernels.PackedRows(x)
+    with pytest.raises(ValueError):
+        kernels.tile_product(rows, torch.randn(8, 32).bfloat16(), torch.empty(4, 8, dtype=torch.bfloat16))
+    with pytest.raises(ValueError):
+        kernels.tile_product(rows, torch.randn(8, 64).bfloat16(), torch.empty(3, 8, dtype=torch.bfloat16))
