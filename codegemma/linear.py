@@ -78,6 +78,10 @@ class NativeLinear(nn.Module):
             return self.native(x, out_dtype, glu)
         return _finish(self.torch_product(x), glu, out_dtype)
 
+    def rows_apart(self) -> bool:
+        """Whether a product of many rows (torch_products) computes each row as it would alone."""
+        return False
+
     def many(self, xs: list[Tensor], glu: bool = False) -> list[Tensor]:
         """forward(x) of each x (prefill blocks), each the same as alone."""
         if self.native is not None and any(kernels.active(x) for x in xs):
@@ -111,12 +115,14 @@ class FusedLinear(NativeLinear):
         y = ys[0] if len(ys) == 1 else torch.cat(ys, -1)
         return y.to(x.dtype)
 
+    def rows_apart(self) -> bool:
+        return (kernels.tile_gemm() and self.weights[0].shape[1] % 32 == 0
+                and all(w.dtype == torch.bfloat16 and w.is_contiguous() for w in self.weights))
+
     def torch_products(self, xs: list[Tensor]) -> list[Tensor]:
         """Prefill blocks of bfloat16 rows times bfloat16 weights go through one AMX tile product for all of
         them where the CPU has it (each row as it would be alone: kernels.tile_product); else one by one."""
-        k = self.weights[0].shape[1]
-        if not (kernels.tile_gemm() and k % 32 == 0 and all(x.dtype == torch.bfloat16 for x in xs)
-                and all(w.dtype == torch.bfloat16 and w.is_contiguous() for w in self.weights)):
+        if not (self.rows_apart() and all(x.dtype == torch.bfloat16 for x in xs)):
             return super().torch_products(xs)
         return tile_products(xs, [(w.shape[0], lambda first, count, w=w: w[first:first + count]) for w in self.weights])
 

@@ -9,7 +9,7 @@ import torch
 
 import codegemma
 import codegemma.generate as generate_module
-from codegemma import GenerateOptions
+from codegemma import GenerateOptions, kernels
 from codegemma.drafters import ModelDrafter, NGramDrafter
 from codegemma.errors import PromptTooLongError, TokenizerError
 from codegemma.generate import PREFILL_BLOCK, TextStream, accept_or_resample, generate, prefill, prefill_block
@@ -221,8 +221,31 @@ def test_prefill_in_groups_of_blocks_equals_block_by_block(tmp_path, monkeypatch
         return torch.cat([torch.cat([a.kv_cache.k[:, :, :n], a.kv_cache.v[:, :, :n]])
                           for a in (layer.self_attn for layer in model.model.layers)])
 
+    # where the CPU has AMX tiles the blocks of a group go through the layers as one tensor (model._layers)
+    assert model.rows_apart() == kernels.tile_gemm()
     grouped = prefill(model, tokens, 0)
     grouped_kv = caches().clone()
     for lo in range(0, len(tokens), PREFILL_BLOCK):
         alone = prefill_block(model, tokens, lo)
     assert torch.equal(grouped, alone) and torch.equal(grouped_kv, caches())
+
+
+@pytest.mark.parametrize("quant", [None, "q8_0"])
+@pytest.mark.parametrize("tail", [70, 9])
+def test_prefix_reuse_on_loaded_weights_is_bit_identical(tmp_path, monkeypatch, quant, tail):
+    """A prompt that reuses another's first blocks and recomputes the rest (with a block too short for the
+    grouped pass, or one that joins it) gets the logits and KV of a fresh prefill, bit for bit."""
+    monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "cache"))
+    model = codegemma.load(str(write_checkpoint(tmp_path / "tiny", tiny_config("gemma3"), seed=6)), quant=quant).model
+    first = [2, *[(5 * i) % 190 + 6 for i in range(3 * PREFILL_BLOCK + 20)]]
+    second = first[:2 * PREFILL_BLOCK + 11] + [(3 * i) % 170 + 9 for i in range(PREFILL_BLOCK + tail)]
+
+    def caches(n: int) -> torch.Tensor:
+        return torch.cat([torch.cat([a.kv_cache.k[:, :, :n], a.kv_cache.v[:, :, :n]])
+                          for a in (layer.self_attn for layer in model.model.layers)])
+
+    prefill(model, first, 0)
+    reused = prefill(model, second, 2 * PREFILL_BLOCK)
+    reused_kv = caches(len(second)).clone()
+    fresh = prefill(model, second, 0)
+    assert torch.equal(reused, fresh) and torch.equal(reused_kv, caches(len(second)))
