@@ -76,7 +76,7 @@ class NativeLinear(nn.Module):
     def forward(self, x: Tensor, out_dtype: torch.dtype | None = None, glu: bool = False) -> Tensor:
         if self.native is not None and kernels.active(x):
             return self.native(x, out_dtype, glu)
-        return _finish(self.torch_product(x), glu, out_dtype)
+        return self._finish(self.torch_product(x), glu, out_dtype)
 
     def rows_apart(self) -> bool:
         """Whether a product of many rows (torch_products) computes each row as it would alone."""
@@ -86,7 +86,13 @@ class NativeLinear(nn.Module):
         """forward(x) of each x (prefill blocks), each the same as alone."""
         if self.native is not None and any(kernels.active(x) for x in xs):
             return [self(x, glu=glu) for x in xs]
-        return [_finish(y, glu, None) for y in self.torch_products(xs)]
+        return [self._finish(y, glu, None) for y in self.torch_products(xs)]
+
+    def _finish(self, y: Tensor, glu: bool, out_dtype: torch.dtype | None) -> Tensor:
+        """_finish, with the native vectorized GeGLU for the float32 sums of tile products (rows_apart)."""
+        if glu and y.dtype == torch.float32 and self.rows_apart():
+            return _finish(kernels.geglu(y.contiguous()), False, out_dtype)
+        return _finish(y, glu, out_dtype)
 
 
 def _finish(y: Tensor, glu: bool, out_dtype: torch.dtype | None) -> Tensor:
@@ -128,13 +134,16 @@ class FusedLinear(NativeLinear):
 
 
 def tile_products(xs: list[Tensor], mats: list[tuple[int, Callable[[int, int], Tensor]]], step: int | None = None) -> list[Tensor]:
-    """Each x [..., K] (bfloat16) times concat(W_0, ...)^T, the rows of all of them in one AMX tile product
-    (kernels.tile_product: a row's result does not depend on the others). mats: (rows N_i, rows(first, count)
-    -> W_i[first:first + count], bfloat16 [count, K] contiguous), taken `step` rows at a time (default: all)."""
+    """Each x [..., K] (bfloat16 or float32, the same for all) times concat(W_0, ...)^T, the rows of all of
+    them in one AMX tile product (kernels.tile_product: a row's result does not depend on the others), in
+    x's dtype (float32 sums are not rounded to bfloat16 on the way). mats: (rows N_i, rows(first, count) ->
+    W_i[first:first + count], bfloat16 [count, K] contiguous), taken `step` rows at a time (default: all)."""
     k = xs[0].shape[-1]
-    x2 = torch.cat([x.reshape(-1, k) for x in xs]).to(torch.bfloat16)
-    packed = kernels.PackedRows(x2.contiguous())
-    y = torch.empty(x2.shape[0], sum(n for n, _ in mats), dtype=torch.bfloat16)
+    x2 = xs[0].reshape(-1, k) if len(xs) == 1 else torch.cat([x.reshape(-1, k) for x in xs])
+    if x2.dtype != torch.float32:
+        x2 = x2.to(torch.bfloat16)
+    packed = kernels.PackedRows(x2 if x2.stride(-1) == 1 else x2.contiguous())
+    y = torch.empty(x2.shape[0], sum(n for n, _ in mats), dtype=x2.dtype)
     col = 0
     for n, rows in mats:
         for first in range(0, n, step or n):

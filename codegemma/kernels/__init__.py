@@ -143,9 +143,11 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_bf16_packed_size.restype = i64
     lib.cg_bf16_packed_size.argtypes = [i64, i]
     lib.cg_bf16_pack.restype = None
-    lib.cg_bf16_pack.argtypes = [p, i64, i64, i, p]
+    lib.cg_bf16_pack.argtypes = [p, i, i64, i64, i, p]
     lib.cg_bf16_gemm.restype = i
-    lib.cg_bf16_gemm.argtypes = [p, i64, i, p, i64, p, i64]
+    lib.cg_bf16_gemm.argtypes = [p, i64, i, p, i64, p, i, i64]
+    lib.cg_geglu.restype = None
+    lib.cg_geglu.argtypes = [p, i, i64, p, i]
     # Products of several rows on AMX tiles where the CPU and kernel allow (CODEGEMMA_AMX=0: never).
     # Decided here, once per process, before any product: the two paths round differently.
     global _amx
@@ -359,28 +361,41 @@ def gguf_dequantize(raw: Tensor, qtype: int, k: int, first: int, n: int, out: Te
 
 
 class PackedRows:
-    """Input rows x [M, K] (bfloat16, K a multiple of 32) packed once for several `tile_product` calls."""
+    """Input rows x [M, K] (bfloat16, or float32 rounded to bfloat16 here; K a multiple of 32) packed once
+    for several `tile_product` calls."""
 
     def __init__(self, x: Tensor):
-        if x.dtype != torch.bfloat16 or x.dim() != 2 or x.stride(-1) != 1 or x.shape[1] % 32:
-            raise ValueError("tile products take bfloat16 rows [M, K] with K a multiple of 32")
+        if x.dtype not in (torch.bfloat16, torch.float32) or x.dim() != 2 or x.stride(-1) != 1 or x.shape[1] % 32:
+            raise ValueError("tile products take bfloat16 or float32 rows [M, K] with K a multiple of 32")
         self.m, self.k = x.shape
         self.data = torch.empty(_lib.cg_bf16_packed_size(self.m, self.k), dtype=torch.bfloat16)
-        _lib.cg_bf16_pack(x.data_ptr(), x.stride(0), self.m, self.k, self.data.data_ptr())
+        _lib.cg_bf16_pack(x.data_ptr(), int(x.dtype == torch.float32), x.stride(0), self.m, self.k,
+                          self.data.data_ptr())
 
 
 def tile_product(rows: PackedRows, w: Tensor, out: Tensor) -> None:
-    """out [M, N] = rows . w^T for bfloat16 weights w [N, K] (contiguous) into a bfloat16 view `out` whose
-    rows may be apart (a column range of a wider result); see cg_bf16_gemm (gemm.c)."""
-    if (w.dtype != torch.bfloat16 or not w.is_contiguous() or w.shape[1] != rows.k or out.dtype != torch.bfloat16
-            or tuple(out.shape) != (rows.m, w.shape[0]) or out.stride(-1) != 1):
+    """out [M, N] = rows . w^T for bfloat16 weights w [N, K] (contiguous) into a float32 or bfloat16 view
+    `out` whose rows may be apart (a column range of a wider result); see cg_bf16_gemm (gemm.c)."""
+    if (w.dtype != torch.bfloat16 or not w.is_contiguous() or w.shape[1] != rows.k
+            or out.dtype not in (torch.bfloat16, torch.float32) or tuple(out.shape) != (rows.m, w.shape[0])
+            or out.stride(-1) != 1):
         raise ValueError("tile product shapes or types do not match")
     rc = _lib.cg_bf16_gemm(rows.data.data_ptr(), rows.m, rows.k, w.data_ptr(), w.shape[0], out.data_ptr(),
-                           out.stride(0))
+                           int(out.dtype == torch.float32), out.stride(0))
     if rc == -1:
         raise MemoryError("out of memory in the native tile product")
     if rc != 0:
         raise RuntimeError("the tile products are not available here")
+
+
+def geglu(y: Tensor) -> Tensor:
+    """gelu_tanh(first half) * second half of float32 sums y [..., N] (contiguous) -> [..., N / 2] float32,
+    each value on its own (the native decoding products' GeGLU, vectorized)."""
+    if y.dtype != torch.float32 or not y.is_contiguous():
+        raise ValueError("the native GeGLU takes contiguous float32 sums")
+    out = torch.empty(*y.shape[:-1], y.shape[-1] // 2, dtype=torch.float32)
+    _lib.cg_geglu(y.data_ptr(), y.numel() // y.shape[-1], y.shape[-1], out.data_ptr(), 0)
+    return out
 
 
 def gguf_layers(shape: object, n: int, layers: object, rows: int, start: int, x: int, positions: object = None,

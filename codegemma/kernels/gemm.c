@@ -25,6 +25,31 @@
 #define HAVE_TILE_GEMM 1
 #endif
 
+#if defined(HAVE_TILE_GEMM) && defined(__AVX512BF16__)
+/* r[i] = row i of a 16 x 16 float32 block -> r[j] = its column j */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* u[4 i + j], 128-bit lane L: column 4 L + j of rows 4 i .. 4 i + 3 */
+        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3])));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3])));
+    }
+    for (int j = 0; j < 4; j++) {
+        __m512 lo0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), lo1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
+        __m512 hi0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE), hi1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+        r[j] = _mm512_shuffle_f32x4(lo0, lo1, 0x88);
+        r[4 + j] = _mm512_shuffle_f32x4(lo0, lo1, 0xDD);
+        r[8 + j] = _mm512_shuffle_f32x4(hi0, hi1, 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(hi0, hi1, 0xDD);
+    }
+}
+#endif
+
 /* input rows are packed in groups of 16 (zeros past M), an even number of groups */
 static int64_t row_groups(int64_t M) { return (M + 31) / 32 * 2; }
 
@@ -40,24 +65,45 @@ int cg_bf16_gemm_ready(void) {
 /* bfloat16 elements of the packed form of M rows of K values */
 int64_t cg_bf16_packed_size(int64_t M, int K) { return row_groups(M) * 16 * (int64_t)K; }
 
-/* x [M, K] (rows x_stride elements apart) -> xp: for group g, step s, pair p, row m of the group, the two
- * values x[16 g + m][32 s + 2 p + 0..1] at xp[((g * K/32 + s) * 16 + p) * 32 + 2 m + 0..1] */
-void cg_bf16_pack(const uint16_t *x, int64_t x_stride, int64_t M, int K, uint16_t *xp) {
+/* x [M, K] (bfloat16, or float32 when f32: rounded to bfloat16 here; rows x_stride elements apart) -> xp:
+ * for group g, step s, pair p, row m of the group, the two values x[16 g + m][32 s + 2 p + 0..1] at
+ * xp[((g * K/32 + s) * 16 + p) * 32 + 2 m + 0..1] */
+void cg_bf16_pack(const void *x, int f32, int64_t x_stride, int64_t M, int K, uint16_t *xp) {
     int64_t groups = row_groups(M), steps = K / 32;
 #pragma omp parallel for schedule(static)
     for (int64_t g = 0; g < groups; g++)
         for (int64_t s = 0; s < steps; s++) {
             uint16_t *t = xp + (g * steps + s) * 512;
+#if defined(HAVE_TILE_GEMM) && defined(__AVX512BF16__)
+            /* each row's 32 values as 16 pairs in a register, then pairs and rows swapped */
+            __m512 r[16];
             for (int m = 0; m < 16; m++) {
-                int64_t row = 16 * g + m;
-                const uint16_t *src = x + row * x_stride + 32 * s;
-                for (int p = 0; p < 16; p++) {
-                    t[p * 32 + 2 * m] = row < M ? src[2 * p] : 0;
-                    t[p * 32 + 2 * m + 1] = row < M ? src[2 * p + 1] : 0;
+                int64_t row = 16 * g + m, at = row * x_stride + 32 * s;
+                if (row >= M)
+                    r[m] = _mm512_setzero_ps();
+                else if (f32)
+                    r[m] = (__m512)_mm512_cvtne2ps_pbh(_mm512_loadu_ps((const float *)x + at + 16),
+                                                       _mm512_loadu_ps((const float *)x + at));
+                else
+                    r[m] = _mm512_loadu_ps((const uint16_t *)x + at);
+            }
+            transpose16(r);
+            for (int p = 0; p < 16; p++) _mm512_storeu_ps((float *)(t + 32 * p), r[p]);
+#else
+            for (int m = 0; m < 16; m++) {
+                int64_t row = 16 * g + m, at = row * x_stride + 32 * s;
+                for (int v = 0; v < 32; v++) {
+                    uint16_t h = row >= M ? 0 : f32 ? f32_to_bf16(((const float *)x)[at + v]) : ((const uint16_t *)x)[at + v];
+                    t[(v >> 1) * 32 + 2 * m + (v & 1)] = h;
                 }
             }
+#endif
         }
 }
+
+/* out [M, N / 2] = gelu_tanh(y[:, :N/2]) * y[:, N/2:] for float32 sums y [M, N], in float32 (or rounded
+ * to bfloat16 after each step, as PyTorch's bfloat16 GeGLU, when bf16); each value on its own */
+void cg_geglu(const float *y, int M, int64_t N, void *out, int bf16) { geglu(y, M, N, out, bf16); }
 
 #ifdef HAVE_TILE_GEMM
 /* weight rows [0, 32) of W times input groups g, g + 1 -> c[(2 a + b) * 256 + r * 16 + m]: weight row
@@ -85,33 +131,10 @@ static void tile_block(const uint16_t *W, int K, const uint16_t *xp, int64_t g, 
     _tile_stored(7, c + 768, 64);
 }
 
-#ifdef __AVX512BF16__
-/* r[i] = row i of a 16 x 16 float32 block -> r[j] = its column j */
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) { /* u[4 i + j], 128-bit lane L: column 4 L + j of rows 4 i .. 4 i + 3 */
-        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
-        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i]), _mm512_castps_pd(t[4 * i + 2])));
-        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3])));
-        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[4 * i + 1]), _mm512_castps_pd(t[4 * i + 3])));
-    }
-    for (int j = 0; j < 4; j++) {
-        __m512 lo0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), lo1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
-        __m512 hi0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE), hi1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
-        r[j] = _mm512_shuffle_f32x4(lo0, lo1, 0x88);
-        r[4 + j] = _mm512_shuffle_f32x4(lo0, lo1, 0xDD);
-        r[8 + j] = _mm512_shuffle_f32x4(hi0, hi1, 0x88);
-        r[12 + j] = _mm512_shuffle_f32x4(hi0, hi1, 0xDD);
-    }
-}
-#endif
 
-/* the sums of weight rows [n, n + rows) (rows <= 32) into y, rounded to bfloat16 (nearest even) */
-static void write_block(const float *c, int64_t g, int64_t M, int64_t n, int rows, uint16_t *y, int64_t ldy) {
+/* the sums of weight rows [n, n + rows) (rows <= 32) into y: float32 (f32), or rounded to bfloat16 (nearest
+ * even) */
+static void write_block(const float *c, int64_t g, int64_t M, int64_t n, int rows, void *y, int f32, int64_t ldy) {
 #ifdef __AVX512BF16__
     for (int a = 0; 16 * a < rows; a++) {
         int valid = rows - 16 * a < 16 ? rows - 16 * a : 16;
@@ -124,8 +147,11 @@ static void write_block(const float *c, int64_t g, int64_t M, int64_t n, int row
             for (int m = 0; m < 16; m++) {
                 int64_t row = 16 * (g + b) + m;
                 if (row >= M) break;
-                __m256i v = (__m256i)_mm512_cvtneps_pbh(r[m]);
-                _mm256_mask_storeu_epi16(y + row * ldy + n + 16 * a, keep, v);
+                int64_t at = row * ldy + n + 16 * a;
+                if (f32)
+                    _mm512_mask_storeu_ps((float *)y + at, keep, r[m]);
+                else
+                    _mm256_mask_storeu_epi16((uint16_t *)y + at, keep, (__m256i)_mm512_cvtneps_pbh(r[m]));
             }
         }
     }
@@ -134,17 +160,22 @@ static void write_block(const float *c, int64_t g, int64_t M, int64_t n, int row
         for (int m = 0; m < 16; m++) {
             int64_t row = 16 * (g + b) + m;
             if (row >= M) return;
-            uint16_t *out = y + row * ldy + n;
-            for (int r = 0; r < rows; r++) out[r] = f32_to_bf16(c[((r >> 4) * 2 + b) * 256 + (r & 15) * 16 + m]);
+            for (int r = 0; r < rows; r++) {
+                float v = c[((r >> 4) * 2 + b) * 256 + (r & 15) * 16 + m];
+                if (f32)
+                    ((float *)y)[row * ldy + n + r] = v;
+                else
+                    ((uint16_t *)y)[row * ldy + n + r] = f32_to_bf16(v);
+            }
         }
 #endif
 }
 #endif
 
 /* y[m * ldy + n] = sum_k x[m][k] W[n][k] for m < M, n < N, from the packed inputs xp (cg_bf16_pack); W [N, K]
- * contiguous, K a multiple of 32. Each thread takes a share of the weight rows, 32 at a time. Returns 0,
- * -1 when out of memory, -2 where the tiles are not available. */
-int cg_bf16_gemm(const uint16_t *xp, int64_t M, int K, const uint16_t *W, int64_t N, uint16_t *y, int64_t ldy) {
+ * contiguous, K a multiple of 32; y float32 (f32) or bfloat16. Each thread takes a share of the weight rows,
+ * 32 at a time. Returns 0, -1 when out of memory, -2 where the tiles are not available. */
+int cg_bf16_gemm(const uint16_t *xp, int64_t M, int K, const uint16_t *W, int64_t N, void *y, int f32, int64_t ldy) {
 #ifdef HAVE_TILE_GEMM
     if (!cg_amx_on || K % 32) return -2;
     int64_t groups = row_groups(M), blocks = (N + 31) / 32;
@@ -173,7 +204,7 @@ int cg_bf16_gemm(const uint16_t *xp, int64_t M, int K, const uint16_t *W, int64_
             }
             for (int64_t g = 0; g < groups; g += 2) {
                 tile_block(w, K, xp, g, c);
-                write_block(c, g, M, n, rows, y, ldy);
+                write_block(c, g, M, n, rows, y, f32, ldy);
             }
         }
         if (bad) {
@@ -186,7 +217,7 @@ int cg_bf16_gemm(const uint16_t *xp, int64_t M, int K, const uint16_t *W, int64_
     }
     return failed ? -1 : 0;
 #else
-    (void)xp, (void)M, (void)K, (void)W, (void)N, (void)y, (void)ldy;
+    (void)xp, (void)M, (void)K, (void)W, (void)N, (void)y, (void)f32, (void)ldy;
     return -2;
 #endif
 }

@@ -43,6 +43,21 @@ def test_a_rows_result_does_not_depend_on_its_companions():
         assert torch.equal(torch.cat(parts), whole)
 
 
+def test_float32_rows_and_sums():
+    """float32 rows are rounded to bfloat16 as they are packed, and float32 sums come out unrounded."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 96, generator=gen)
+    w = (torch.randn(50, 96, generator=gen) * 0.1).bfloat16()
+    sums = torch.empty(40, 50)
+    kernels.tile_product(kernels.PackedRows(x), w, sums)
+    rounded = _product(x.bfloat16(), w, 50, 0)
+    assert torch.equal(sums.bfloat16(), rounded)
+    assert not torch.equal(sums, rounded.float())
+    gate_up = torch.randn(3, 7, 64, generator=gen)
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert torch.allclose(kernels.geglu(gate_up), torch.nn.functional.gelu(gate, approximate="tanh") * up, atol=1e-6)
+
+
 def test_fused_bf16_weights_take_prefill_blocks_in_one_product():
     gen = torch.Generator().manual_seed(2)
     weights = [(torch.randn(n, 128, generator=gen) * 0.1).bfloat16() for n in (64, 32, 32)]
@@ -61,7 +76,7 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ValueError):
         kernels.PackedRows(torch.randn(4, 40).bfloat16())  # K not a multiple of 32
     with pytest.raises(ValueError):
-        kernels.PackedRows(x.float())
+        kernels.PackedRows(x.double())
     rows = kernels.PackedRows(x)
     with pytest.raises(ValueError):
         kernels.tile_product(rows, torch.randn(8, 32).bfloat16(), torch.empty(4, 8, dtype=torch.bfloat16))
