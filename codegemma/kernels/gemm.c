@@ -1,5 +1,6 @@
-/* Prefill products on AMX tiles: y[M, N] = x[M, K] . W[N, K]^T for bfloat16 x and W (a GGUF matrix's rows
- * dequantized into a buffer), float32 sums rounded once to bfloat16.
+/* Prefill products on AMX tiles: y[M, N] = x[M, K] . W[N, K]^T for bfloat16 weights W (a checkpoint's, or a
+ * GGUF matrix's rows dequantized into a buffer) and input rows x (bfloat16, or float32 rounded to bfloat16
+ * as they are packed), with float32 sums (given as they are, or rounded once to bfloat16).
  *
  * Why: PyTorch multiplies a pass's rows 2-4x faster in one product than block by block, but rounds a row
  * differently depending on how many rows it has, and prompt reuse must stay bit-identical (a cached prefix
