@@ -130,14 +130,17 @@ class FusedLinear(NativeLinear):
         them where the CPU has it (each row as it would be alone: kernels.tile_product); else one by one."""
         if not (self.rows_apart() and all(x.dtype == torch.bfloat16 for x in xs)):
             return super().torch_products(xs)
-        return tile_products(xs, [(w.shape[0], lambda first, count, w=w: w[first:first + count]) for w in self.weights])
+        return tile_products(xs, [(w.shape[0], lambda rows, out, w=w: kernels.tile_product(rows, w, out))
+                                  for w in self.weights])
 
 
-def tile_products(xs: list[Tensor], mats: list[tuple[int, Callable[[int, int], Tensor]]], step: int | None = None) -> list[Tensor]:
+Product = Callable[[kernels.PackedRows, Tensor], None]  # packed rows, out [M, N_i] <- rows . W_i^T
+
+
+def tile_products(xs: list[Tensor], mats: list[tuple[int, Product]]) -> list[Tensor]:
     """Each x [..., K] (bfloat16 or float32, the same for all) times concat(W_0, ...)^T, the rows of all of
-    them in one AMX tile product (kernels.tile_product: a row's result does not depend on the others), in
-    x's dtype (float32 sums are not rounded to bfloat16 on the way). mats: (rows N_i, rows(first, count) ->
-    W_i[first:first + count], bfloat16 [count, K] contiguous), taken `step` rows at a time (default: all)."""
+    them in one AMX tile product per matrix (a row's result does not depend on the others), in x's dtype
+    (float32 sums are not rounded to bfloat16 on the way). mats: (N_i, the product writing W_i's columns)."""
     k = xs[0].shape[-1]
     x2 = xs[0].reshape(-1, k) if len(xs) == 1 else torch.cat([x.reshape(-1, k) for x in xs])
     if x2.dtype != torch.float32:
@@ -145,12 +148,10 @@ def tile_products(xs: list[Tensor], mats: list[tuple[int, Callable[[int, int], T
     packed = kernels.PackedRows(x2 if x2.stride(-1) == 1 else x2.contiguous())
     y = torch.empty(x2.shape[0], sum(n for n, _ in mats), dtype=x2.dtype)
     col = 0
-    for n, rows in mats:
-        for first in range(0, n, step or n):
-            count = min(step or n, n - first)
-            kernels.tile_product(packed, rows(first, count), y[:, col + first:col + first + count])
+    for n, product in mats:
+        product(packed, y[:, col:col + n])
         col += n
-    return [part.to(x.dtype).view(*x.shape[:-1], -1) for part, x in zip(y.split([x.numel() // k for x in xs]), xs)]
+    return [part.view(*x.shape[:-1], -1) for part, x in zip(y.split([x.numel() // k for x in xs]), xs)]
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ vocabulary, 0.4 s for 262k tokens) is cached.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,14 +78,10 @@ class GGUFLinear(NativeLinear):
                 for out, x in zip(outs, xs)]
 
     def _tile_products(self, xs: list[Tensor]) -> list[Tensor]:
-        """torch_products on AMX tiles: every block's rows in one product per tile of weight rows, each row
-        computed as it would be alone, so the blocks need not go one by one."""
-        def rows(m: Tensor, t: GGMLQuantizationType) -> Callable[[int, int], Tensor]:
-            return lambda first, count: kernels.gguf_dequantize(
-                m, int(t), self.k, first, count, scratch(count * self.k, torch.bfloat16).view(count, self.k))
-
-        step = max(32, TILE_ELEMENTS // self.k // 32 * 32)  # whole tile blocks of 32 weight rows
-        return tile_products(xs, [(m.shape[0], rows(m, t)) for m, t in zip(self.mats, self.qtypes)], step)
+        """torch_products on AMX tiles: every block's rows in one product per matrix, its rows dequantized 32
+        at a time inside it, each row computed as it would be alone, so the blocks need not go one by one."""
+        return tile_products(xs, [(m.shape[0], lambda rows, out, m=m, t=t: kernels.gguf_tile_product(rows, m, int(t), out))
+                                  for m, t in zip(self.mats, self.qtypes)])
 
 
 class GGUFEmbedding(nn.Module):

@@ -146,6 +146,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_bf16_pack.argtypes = [p, i, i64, i64, i, p]
     lib.cg_bf16_gemm.restype = i
     lib.cg_bf16_gemm.argtypes = [p, i64, i, p, i64, p, i, i64]
+    lib.cg_gguf_tile_gemm.restype = i
+    lib.cg_gguf_tile_gemm.argtypes = [p, i64, i, p, i, i64, p, i, i64]
     lib.cg_geglu.restype = None
     lib.cg_geglu.argtypes = [p, i, i64, p, i]
     # Products of several rows on AMX tiles where the CPU and kernel allow (CODEGEMMA_AMX=0: never).
@@ -384,6 +386,21 @@ def tile_product(rows: PackedRows, w: Tensor, out: Tensor) -> None:
                            int(out.dtype == torch.float32), out.stride(0))
     if rc == -1:
         raise MemoryError("out of memory in the native tile product")
+    if rc != 0:
+        raise RuntimeError("the tile products are not available here")
+
+
+def gguf_tile_product(rows: PackedRows, raw: Tensor, qtype: int, out: Tensor) -> None:
+    """out [M, N] = rows . W^T for a GGUF matrix W (raw bytes [N, row bytes], ggml type `qtype`), its rows
+    dequantized 32 at a time inside the product (cg_gguf_tile_gemm, gemm.c); out as for tile_product."""
+    if (raw.dtype != torch.uint8 or not raw.is_contiguous() or _lib.cg_row_bytes(qtype, rows.k) != raw.shape[1]
+            or out.dtype not in (torch.bfloat16, torch.float32) or tuple(out.shape) != (rows.m, raw.shape[0])
+            or out.stride(-1) != 1):
+        raise ValueError("GGUF tile product shapes or types do not match")
+    rc = _lib.cg_gguf_tile_gemm(rows.data.data_ptr(), rows.m, rows.k, raw.data_ptr(), qtype, raw.shape[0],
+                                out.data_ptr(), int(out.dtype == torch.float32), out.stride(0))
+    if rc == -1:
+        raise MemoryError("out of memory in the native GGUF tile product")
     if rc != 0:
         raise RuntimeError("the tile products are not available here")
 

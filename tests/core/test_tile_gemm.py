@@ -4,11 +4,14 @@ bit-identical."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType as Q
 
 from codegemma import kernels
 from codegemma.linear import FusedLinear
+from tests.core.test_gguf_kernels import random_blocks
 
 pytestmark = pytest.mark.skipif(not kernels.tile_gemm(), reason="no AMX tile products on this CPU or build")
 
@@ -69,6 +72,20 @@ def test_fused_bf16_weights_take_prefill_blocks_in_one_product():
         assert torch.equal(got, linear.torch_products([block])[0])
         ref = block.double() @ torch.cat(weights).double().t()
         assert (got.double() - ref).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
+def test_gguf_rows_dequantized_inside_the_product_give_the_same_bits(qtype):
+    """A GGUF matrix multiplied with its rows dequantized 32 at a time inside the product equals the product
+    with the matrix dequantized first (53 rows: a last block of 21)."""
+    raw = torch.from_numpy(random_blocks(qtype, 53, 256, np.random.default_rng(int(qtype))))
+    x = torch.randn(37, 256, generator=torch.Generator().manual_seed(4))
+    rows = kernels.PackedRows(x)
+    w = kernels.gguf_dequantize(raw, int(qtype), 256, 0, 53, torch.empty(53, 256, dtype=torch.bfloat16))
+    first, fused = torch.empty(37, 53), torch.empty(37, 53)
+    kernels.tile_product(rows, w, first)
+    kernels.gguf_tile_product(rows, raw, int(qtype), fused)
+    assert torch.equal(first, fused) and first.isfinite().all()
 
 
 def test_bad_shapes_are_refused():
