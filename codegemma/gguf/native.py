@@ -1,11 +1,12 @@
 """Run a GGUF model in its own block formats: every projection computes over the memory-mapped file itself.
 
 Nothing is dequantized to disk or kept as a float copy: decoding and verification (up to kernels.MAX_ROWS
-rows) go through the native GGUF products, a prefill pass dequantizes one tile of weight rows at a time
-into a reused buffer (bfloat16 where the CPU multiplies it natively, else float32) and multiplies it with
-its blocks (on AMX tiles, all of them in one product; else with PyTorch, block by block), and the embedding lookup dequantizes the rows it needs. Norms (F32 in every Gemma file) are the
-only tensors read into memory. The small thing worth caching (the SentencePiece model rebuilt from the
-vocabulary, 0.4 s for 262k tokens) is cached.
+rows) go through the native GGUF products; a prefill pass multiplies its blocks on AMX tiles, all of them in
+one product that dequantizes 32 weight rows at a time, or (without AMX) dequantizes one tile of weight rows
+at a time into a reused buffer (bfloat16 where the CPU multiplies it natively, else float32) and multiplies
+it with each block with PyTorch; the embedding lookup dequantizes the rows it needs. Norms (F32 in every
+Gemma file) are the only tensors read into memory. The small thing worth caching (the SentencePiece model
+rebuilt from the vocabulary, 0.4 s for 262k tokens) is cached.
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ class GGUFLinear(NativeLinear):
     def _tile_products(self, xs: list[Tensor]) -> list[Tensor]:
         """torch_products on AMX tiles: every block's rows in one product per matrix, its rows dequantized 32
         at a time inside it, each row computed as it would be alone, so the blocks need not go one by one."""
-        return tile_products(xs, [(m.shape[0], lambda rows, out, m=m, t=t: kernels.gguf_tile_product(rows, m, int(t), out))
-                                  for m, t in zip(self.mats, self.qtypes)])
+        products = [(m.shape[0], lambda rows, out, m=m, t=t: kernels.gguf_tile_product(rows, m, int(t), out))
+                    for m, t in zip(self.mats, self.qtypes)]
+        return tile_products(xs, products)
 
 
 class GGUFEmbedding(nn.Module):

@@ -401,6 +401,8 @@ def gguf_tile_product(rows: PackedRows, raw: Tensor, qtype: int, out: Tensor) ->
                                 out.data_ptr(), int(out.dtype == torch.float32), out.stride(0))
     if rc == -1:
         raise MemoryError("out of memory in the native GGUF tile product")
+    if rc == -3:
+        raise ValueError(f"GGUF type {qtype} rows cannot be dequantized natively")
     if rc != 0:
         raise RuntimeError("the tile products are not available here")
 

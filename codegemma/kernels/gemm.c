@@ -132,7 +132,6 @@ static void tile_block(const uint16_t *W, int K, const uint16_t *xp, int64_t g, 
     _tile_stored(7, c + 768, 64);
 }
 
-
 /* the sums of weight rows [n, n + rows) (rows <= 32) into y: float32 (f32), or rounded to bfloat16 (nearest
  * even) */
 static void write_block(const float *c, int64_t g, int64_t M, int64_t n, int rows, void *y, int f32, int64_t ldy) {
@@ -191,13 +190,13 @@ static int gemm(const uint16_t *xp, int64_t M, int K, const void *W, int type, i
         tile_config cfg = {.palette = 1};
         for (int i = 0; i < 8; i++) cfg.rows[i] = 16, cfg.colsb[i] = 64;
         _tile_loadconfig(&cfg);
-        int bad = !c || !buf;
+        int bad = !c || !buf; /* 1: out of memory, 2: a type without a dequantizer */
         for (int64_t blk = blocks * t / threads; blk < blocks * (t + 1) / threads && !bad; blk++) {
             int64_t n = 32 * blk;
             int rows = N - n < 32 ? (int)(N - n) : 32;
             const uint16_t *w = buf;
             if (type >= 0)
-                bad = cg_gguf_dequantize(W, type, K, n, rows, buf, 1) != 0;
+                bad = cg_gguf_dequantize(W, type, K, n, rows, buf, 1) != 0 ? 2 : 0;
             else if (rows == 32)
                 w = (const uint16_t *)W + n * K;
             else
@@ -210,13 +209,13 @@ static int gemm(const uint16_t *xp, int64_t M, int K, const void *W, int type, i
         }
         if (bad) {
 #pragma omp atomic write
-            failed = 1;
+            failed = bad;
         }
         _tile_release();
         free(buf);
         free(c);
     }
-    return failed ? -1 : 0;
+    return failed == 2 ? -3 : failed ? -1 : 0;
 }
 #endif
 
@@ -234,7 +233,7 @@ int cg_bf16_gemm(const uint16_t *xp, int64_t M, int K, const uint16_t *W, int64_
 }
 
 /* The same for a GGUF matrix of ggml type `type` (raw rows, N of them): each thread dequantizes its 32 rows
- * at a time (as cg_gguf_dequantize, to bfloat16) just before multiplying them. -1 also when the type has no
+ * at a time (as cg_gguf_dequantize, to bfloat16) just before multiplying them. -3 when the type has no
  * dequantizer. */
 int cg_gguf_tile_gemm(const uint16_t *xp, int64_t M, int K, const void *W, int type, int64_t N, void *y, int f32,
                       int64_t ldy) {
