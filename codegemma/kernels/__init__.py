@@ -185,9 +185,14 @@ def amx() -> bool:
 
 
 def tile_gemm() -> bool:
-    """True when prefill products of bfloat16 rows run on AMX tiles (gemm.c): one product for all the rows of
-    a pass, each row computed as it would be alone."""
-    return amx() and bool(_lib.cg_bf16_gemm_ready())
+    """True when prefill products run on AMX tiles (gemm.c): one product for all the rows of a pass, each row
+    computed as it would be alone (not inside `disabled()`)."""
+    return not _disabled and amx() and _tiles_ready()
+
+
+@functools.cache  # asked for every prefill product; decided once per process, as AMX is
+def _tiles_ready() -> bool:
+    return bool(_lib.cg_bf16_gemm_ready())
 
 
 def unavailable_reason() -> str:
