@@ -112,6 +112,9 @@ class FusedLinear(NativeLinear):
         if len(weights) == 1:  # a single matrix keeps its place in the state dict (o_proj.weight, ...)
             self.weight = weights[0]
         self.native = kernels.Weights(self.weights) if kernels.available() else None
+        # what the tile products take (kernels.tile_product), fixed with the weights
+        self._tile_weights = weights[0].shape[1] % 32 == 0 and all(
+            w.dtype == torch.bfloat16 and w.is_contiguous() for w in self.weights)
 
     def torch_product(self, x: Tensor) -> Tensor:
         widen = x.dtype == torch.bfloat16 and kernels.slow_bf16_gemm()  # see kernels.slow_bf16_gemm
@@ -122,8 +125,7 @@ class FusedLinear(NativeLinear):
         return y.to(x.dtype)
 
     def rows_apart(self) -> bool:
-        return (kernels.tile_gemm() and self.weights[0].shape[1] % 32 == 0
-                and all(w.dtype == torch.bfloat16 and w.is_contiguous() for w in self.weights))
+        return self._tile_weights and kernels.tile_gemm()
 
     def torch_products(self, xs: list[Tensor]) -> list[Tensor]:
         """Prefill blocks of bfloat16 rows times bfloat16 weights go through one AMX tile product for all of

@@ -99,3 +99,11 @@ def test_bad_shapes_are_refused():
         kernels.tile_product(rows, torch.randn(8, 32).bfloat16(), torch.empty(4, 8, dtype=torch.bfloat16))
     with pytest.raises(ValueError):
         kernels.tile_product(rows, torch.randn(8, 64).bfloat16(), torch.empty(3, 8, dtype=torch.bfloat16))
+    raw = torch.from_numpy(random_blocks(Q.Q8_0, 8, 64, np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="do not match"):
+        kernels.gguf_tile_product(rows, raw, int(Q.Q4_K), torch.empty(4, 8))  # rows of another format's size
+    with pytest.raises(ValueError, match="do not match"):
+        kernels.gguf_tile_product(rows, raw, int(Q.Q8_0), torch.empty(4, 9))
+    out = torch.empty(4, 8)
+    kernels.gguf_tile_product(rows, raw, int(Q.Q8_0), out)  # the same objects, right: still works
+    assert out.isfinite().all()
