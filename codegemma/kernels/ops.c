@@ -548,14 +548,16 @@ static inline __attribute__((always_inline)) void attend_f32(const float *const 
                                                              float *p) {
     int64_t c0 = lo / 16, c1 = pos / 16 + 1, n = (c1 - c0) * 16;
     float inv[16];
-    for (int g = 0; g < G; g++) {
-        float *pg = p + (size_t)g * n;
-        __m512 mx = _mm512_set1_ps(-INFINITY);
-        for (int64_t c = c0; c < c1; c++) {
-            int64_t first = c * 16;
-            int j0 = lo > first ? (int)(lo - first) : 0, j1 = pos + 1 < first + 16 ? (int)(pos + 1 - first) : 16;
-            const float *rows[16]; /* keys outside [lo, pos] read key pos (written, in the cache) and are masked */
-            for (int j = 0; j < 16; j++) rows[j] = K + (size_t)(j >= j0 && j < j1 ? first + j : pos) * D;
+    __m512 mx[16];
+    for (int g = 0; g < G; g++) mx[g] = _mm512_set1_ps(-INFINITY);
+    /* keys 16 at a time, every head against them while they are in L1 */
+    for (int64_t c = c0; c < c1; c++) {
+        int64_t first = c * 16;
+        int j0 = lo > first ? (int)(lo - first) : 0, j1 = pos + 1 < first + 16 ? (int)(pos + 1 - first) : 16;
+        const float *rows[16]; /* keys outside [lo, pos] read key pos (written, in the cache) and are masked */
+        for (int j = 0; j < 16; j++) rows[j] = K + (size_t)(j >= j0 && j < j1 ? first + j : pos) * D;
+        __mmask16 valid = (__mmask16)(((1u << j1) - 1) & ~((1u << j0) - 1));
+        for (int g = 0; g < G; g++) {
             __m512 s = _mm512_mul_ps(dots16_f32(q[g], rows, D), _mm512_set1_ps(q_scale));
             if (softcap > 0.0f) {
                 float t[16];
@@ -563,12 +565,14 @@ static inline __attribute__((always_inline)) void attend_f32(const float *const 
                 for (int j = 0; j < 16; j++) t[j] = tanhf(t[j] / softcap) * softcap;
                 s = _mm512_loadu_ps(t);
             }
-            __mmask16 valid = (__mmask16)(((1u << j1) - 1) & ~((1u << j0) - 1));
             s = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), valid, s);
-            mx = _mm512_max_ps(mx, s);
-            _mm512_storeu_ps(pg + (c - c0) * 16, s);
+            mx[g] = _mm512_max_ps(mx[g], s);
+            _mm512_storeu_ps(p + (size_t)g * n + (c - c0) * 16, s);
         }
-        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
+    }
+    for (int g = 0; g < G; g++) {
+        float *pg = p + (size_t)g * n;
+        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx[g])), sum = _mm512_setzero_ps();
         for (int64_t i = 0; i < n; i += 16) {
             __m512 e = exp_neg16(_mm512_sub_ps(_mm512_loadu_ps(pg + i), m));
             sum = _mm512_add_ps(sum, e);
@@ -667,15 +671,18 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
                  const void *sin, void *kcache, void *vcache, void *out) {
     int heads = H + 2 * KV;
     float *q = (float *)malloc(sizeof(float) * (size_t)S * H * D);
-    float *v = (float *)malloc(sizeof(float) * D);
-    if (!q || !v) {
+    float *vs = (float *)malloc(sizeof(float) * (size_t)D * omp_get_max_threads()); /* a head's row, per thread */
+    if (!q || !vs) {
         free(q);
-        free(v);
+        free(vs);
         return -1;
     }
     size_t csize = t == T_F32 ? 4 : 2;
+    /* rows apart on the threads when there are many (a prefill pass): each row's arithmetic is the same */
+#pragma omp parallel for schedule(static) if (S > 16)
     for (int s = 0; s < S; s++) {
         int64_t pos = start + s;
+        float *v = vs + (size_t)D * omp_get_thread_num();
         for (int j = 0; j < H + 2 * KV; j++) {
             size_t o = ((size_t)s * heads + j) * D;
             if (j >= H + KV) { /* v: into the cache as it is */
@@ -751,7 +758,7 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
 done:
 #endif
     free(q);
-    free(v);
+    free(vs);
     return failed ? -1 : 0;
 }
 
