@@ -3,7 +3,7 @@
 A `Scheduler` owns `slots` KV caches of the model (`Transformer.setup_slots`), one per active sequence, so
 memory is bounded by the number of slots. Each `step()`:
 1. admits waiting requests into free slots, each into the slot whose last prompt shares the longest prefix
-   with it (that prefix's KV is reused, rounded down to a prefill block as `PromptCache` does);
+   with it (that prefix's KV is reused as far as `resume_point` allows, as `PromptCache` does);
 2. runs one prefill chunk of one sequence, the oldest still prefilling: up to `PREFILL_CHUNK` blocks of
    `PREFILL_BLOCK` tokens through the layers together, as many as take about `CHUNK_SECONDS` (one at
    least), or up to `PREFILL_GROUP` while no other sequence decodes;
@@ -12,7 +12,8 @@ A long prompt therefore delays the others' next tokens by one chunk at most. Eac
 own sampler, stop rules, token budget, cancellation (`should_stop`) and deadline.
 
 A row's greedy tokens are the same alone as in a batch, and the same as `Engine.generate`'s: prefill runs
-in the same 64-aligned blocks, and the native products compute each row on its own. Greedy requests draft
+in the same 64-aligned blocks (or each row as it would be alone, where the model computes rows apart), and
+the native products compute each row on its own. Greedy requests draft
 as `Engine.generate` does where speculation is on (n-gram drafts over the prompt, `draft_sources` and the
 text so far, sized by the engine's measured verification cost): a request's draft tokens ride in the same
 decode pass as further rows of its sequence, within the products' row limit, and the longest prefix that
@@ -39,7 +40,7 @@ from codegemma.engine import Engine
 from codegemma.generate import (PREFILL_BLOCK, PREFILL_GROUP, Generation, GenStats, TextStream, greedy_accepted,
                                 prefill_block, take_token)
 from codegemma.memory import release_freed_memory
-from codegemma.prompt_cache import common_prefix
+from codegemma.prompt_cache import common_prefix, resume_point
 from codegemma.sampling import Sampler
 from codegemma.tokenizer import Tokenizer
 
@@ -177,10 +178,8 @@ class Scheduler:
             best = max(free, key=lambda i: ((common_prefix(self.slots[i].tokens, seq.prompt) if reuse else 0),
                                             -self.slots[i].used))
             slot = self.slots[best]
-            # the last prompt token is always recomputed (its logits are needed), and prefill restarts on a
-            # block boundary so that reuse stays bit-identical to a fresh prefill
-            cached = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1) if reuse else 0
-            cached = cached // PREFILL_BLOCK * PREFILL_BLOCK
+            cached = resume_point(self.model, common_prefix(slot.tokens, seq.prompt), len(seq.prompt),
+                                  PREFILL_BLOCK) if reuse else 0
             slot.tokens, slot.seq, slot.used = seq.prompt[:cached], seq, self.steps
             seq.slot, seq.pos, seq.stats.cached_tokens = best, cached, cached
             seq.budget = min(seq.options.max_new_tokens, self.model.max_len - len(seq.prompt))

@@ -169,8 +169,9 @@ class Engine:
                            cache_key: str | None = None) -> list[float]:
         """log p(continuation[i] | prompt + continuation[:i]) for each continuation token, reusing the prompt
         cache's KV of `prompt` (the key as in GenerateOptions.cache_key). One prefill-shaped pass over the
-        tokens after the reused prefix; only whole prompt blocks are committed back to the cache, so a
-        later generation stays bit-identical to a fresh prefill."""
+        tokens after the reused prefix; only whole prompt blocks are committed back to the cache (the whole
+        prompt where the model computes rows apart), so a later generation stays bit-identical to a fresh
+        prefill."""
         prompt, continuation = list(prompt), list(continuation)
         if not prompt or not continuation:
             raise ValueError("score_continuation needs a non-empty prompt and continuation")
@@ -180,12 +181,13 @@ class Engine:
             raise PromptTooLongError(f"prompt and continuation have {len(tokens)} tokens; this engine's context "
                                      f"is {self.max_seq_len}")
         start = self.prompt_cache.prepare(prompt, cache_key)
+        apart = self.model.rows_apart()  # each row as a prefill computes it: the whole prompt's KV is reusable
         first = len(prompt) - 1  # the position whose logits predict continuation[0]
         out: list[float] = []
         try:
             for lo in range(start, len(tokens), PREFILL_BLOCK):
                 piece = tokens[lo:lo + PREFILL_BLOCK]
-                h = self.model.hidden(torch.tensor([piece]), lo)  # [1, S, D]
+                h = (self.model.hidden_rows if apart else self.model.hidden)(torch.tensor([piece]), lo)  # [1, S, D]
                 rows = range(max(lo, first), min(lo + len(piece), len(tokens) - 1))
                 if not rows:
                     continue
@@ -195,7 +197,7 @@ class Engine:
         except BaseException:
             self.prompt_cache.commit([], None)
             raise
-        self.prompt_cache.commit(prompt[:len(prompt) // PREFILL_BLOCK * PREFILL_BLOCK], cache_key)
+        self.prompt_cache.commit(prompt if apart else prompt[:len(prompt) // PREFILL_BLOCK * PREFILL_BLOCK], cache_key)
         return out
 
     @torch.inference_mode()

@@ -62,7 +62,9 @@ class Generation:
 
 # Prefill runs in blocks aligned to multiples of this many positions. A position's KV then comes out of a
 # matrix product of the same shape whether the prompt is computed fresh or after a reused prefix (which
-# `PromptCache` rounds down to a block boundary), so prompt reuse is bit-identical to a fresh prefill.
+# `PromptCache` rounds down to a block boundary), so prompt reuse is bit-identical to a fresh prefill. A
+# model whose products compute rows apart (`Transformer.rows_apart`: AMX tiles) needs no alignment: its
+# prefill computes every row as it would alone (`Transformer.hidden_rows`) and may start anywhere.
 PREFILL_BLOCK = 64
 # Blocks a prefill takes through the layers together: the weights prepared once for all of them; more would
 # add little (dequantization is 18% of the time with one block) and hold more activations at once.
@@ -74,19 +76,22 @@ def prefill(model: Transformer, tokens: Sequence[int], start: int,
             should_stop: Callable[[], bool] | None = None) -> Tensor | None:
     """Compute KV for tokens[start:] (positions start..) and return the logits [V] after the last one,
     or None when `should_stop` (polled between layers) asked to stop."""
-    if start % PREFILL_BLOCK:
+    apart = model.rows_apart()
+    if start % PREFILL_BLOCK and not apart:
         raise ValueError(f"prefill must start on a multiple of {PREFILL_BLOCK}, not {start}")
     # Blocks of more rows than the native kernels take go through the layers together, PREFILL_GROUP at a
     # time (each projection's weights prepared once for them); a last block of a few rows takes the native
-    # path as it would alone.
+    # path as it would alone. Rows apart: every row in passes of as many rows.
     tail = (len(tokens) - start) % PREFILL_BLOCK
-    grouped = len(tokens) - (tail if 0 < tail <= kernels.MAX_ROWS else 0)
+    grouped = len(tokens) - (tail if 0 < tail <= kernels.MAX_ROWS and not apart else 0)
     logits = None
     for lo in range(start, grouped, PREFILL_GROUP * PREFILL_BLOCK):
         if should_stop is not None and lo > start and should_stop():
             return None
         hi = min(lo + PREFILL_GROUP * PREFILL_BLOCK, grouped)
-        h = model.hidden_blocks(torch.tensor([tokens[lo:hi]]), lo, PREFILL_BLOCK, should_stop)
+        piece = torch.tensor([tokens[lo:hi]])
+        h = (model.hidden_rows(piece, lo, None, should_stop) if apart
+             else model.hidden_blocks(piece, lo, PREFILL_BLOCK, should_stop))
         if h is None:
             return None
         if hi == len(tokens):
@@ -102,12 +107,15 @@ def prefill(model: Transformer, tokens: Sequence[int], start: int,
 @torch.inference_mode()
 def prefill_block(model: Transformer, tokens: Sequence[int], lo: int, slot: int | None = None,
                   blocks: int = 1, should_stop: Callable[[], bool] | None = None) -> Tensor | None:
-    """Compute KV for `blocks` blocks tokens[lo:lo + blocks * PREFILL_BLOCK] (lo a multiple of PREFILL_BLOCK) in
-    the model's cache or batch slot `slot`, several through the layers together (the same KV as one at a
-    time); the logits [V] after the last token when they end `tokens`, else None. With several blocks,
-    `should_stop` is polled between layers: None then too, and the blocks' KV is not valid."""
+    """Compute KV for `blocks` blocks tokens[lo:lo + blocks * PREFILL_BLOCK] (lo a multiple of PREFILL_BLOCK,
+    unless the model computes rows apart) in the model's cache or batch slot `slot`, several through the
+    layers together (the same KV as one at a time); the logits [V] after the last token when they end
+    `tokens`, else None. With several blocks, `should_stop` is polled between layers: None then too, and the
+    blocks' KV is not valid."""
     piece = torch.tensor([tokens[lo:lo + blocks * PREFILL_BLOCK]])
-    if blocks == 1:
+    if model.rows_apart():
+        h = model.hidden_rows(piece, lo, slot, should_stop if blocks > 1 else None)
+    elif blocks == 1:
         h = model.hidden(piece, lo, slot)
     else:
         h = model.hidden_blocks(piece, lo, PREFILL_BLOCK, should_stop, slot)

@@ -129,20 +129,16 @@ class Attention(nn.Module):
             return self.qkv(x)
         return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
 
-    def blocks(self, xs: list[Tensor], bounds: Sequence[Sequence[tuple[int, int]]], cos: Tensor, sin: Tensor,
-               masks: Sequence[Sequence[Tensor]], slot: int | None = None) -> list[Tensor]:
-        """Attention of consecutive rows xs[i] [1, S_i, d], each one or more prefill blocks at positions
-        bounds[i] = [(lo, hi), ...] with their masks, against the model's cache or a batch slot's
-        (`setup_slots`), block by block in order (each sees the keys the ones before it wrote), each
-        projection over all of xs at once (`many`); cos/sin are the whole tables."""
+    def blocks(self, xs: list[Tensor], bounds: Sequence[tuple[int, int]], cos: Tensor, sin: Tensor,
+               masks: Sequence[Tensor | None], slot: int | None = None) -> list[Tensor]:
+        """Attention of consecutive blocks xs[i] [1, S_i, d] at positions bounds[i] = (lo, hi) with their masks
+        (None: the native attention needs none), against the model's cache or a batch slot's (`setup_slots`),
+        block by block in order (each sees the keys the ones before it wrote), each projection over all of xs
+        at once (`many`); cos/sin are the whole tables."""
         cache = self.kv_cache if slot is None else self.slot_caches[slot]
         qkvs = many(self.qkv, xs) if self.qkv is not None else [self.project(x) for x in xs]
-        ctxs = []
-        for qkv, spans, x_masks in zip(qkvs, bounds, masks):
-            first = spans[0][0]
-            parts = [self._context(qkv[:, lo - first:hi - first], lo, cos[lo:hi], sin[lo:hi], mask, cache)
-                     for (lo, hi), mask in zip(spans, x_masks)]
-            ctxs.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        ctxs = [self._context(qkv, lo, cos[lo:hi], sin[lo:hi], mask, cache)
+                for qkv, (lo, hi), mask in zip(qkvs, bounds, masks)]
         return many(self.o_proj, ctxs)
 
     def step(self, x: Tensor, rows: Sequence[tuple[int, int]], cos: Tensor, sin: Tensor) -> Tensor:
@@ -160,7 +156,9 @@ class Attention(nn.Module):
         receives their keys and values -> [B, S, H * D]."""
         B, S, _ = qkv.shape
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        if kernels.active(qkv) and B == 1:  # decoding: norms, RoPE, cache write and attention in one call
+        # decoding, or a prefill pass row by row (kernels.row_wise): norms, RoPE, cache write and attention in one
+        # native call, each row alone
+        if B == 1 and (kernels.active(qkv) or kernels.row_wise_attention()):
             return kernels.attention(qkv, H, KV, D, start, cache.k, cache.v, cos, sin, self.qk_scale,
                                      self.cfg.q_scale, self.cfg.attn_softcap, self.window, self.cfg.norm_eps)
         q, k, v = self.heads(qkv, cos, sin)
@@ -385,34 +383,40 @@ class Transformer(nn.Module):
         out = self._layers(xs, start, slot, should_stop)
         return None if out is None else out[-1]
 
+    def hidden_rows(self, tokens: Tensor, start: int, slot: int | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> Tensor | None:
+        """hidden() of tokens [1, S] at start.. computing each row as it would be alone, for a model whose
+        products compute rows apart (`rows_apart`): all the rows through each layer as one tensor, the
+        products on tiles, PyTorch's norms and the native attention a row at a time, however few rows there
+        are (kernels.row_wise). A position's KV is then the same whichever pass computed it, so a prefill may
+        start after any cached prefix. None when `should_stop` (polled between layers) asked to stop."""
+        with kernels.row_wise():
+            out = self._layers([self.embed(tokens)], start, slot, should_stop)
+        return None if out is None else out[-1]
+
     def _layers(self, xs: list[Tensor], start: int, slot: int | None = None,
                 should_stop: Callable[[], bool] | None = None) -> list[Tensor] | None:
         """Every layer over consecutive blocks of embedded rows xs[i] [1, S_i, D] from position start on (None
-        when `should_stop`, polled between layers, asked to stop). Where every projection computes a row as
-        it would alone (`rows_apart`), the blocks too big for the native decoding kernels go through the
-        layers as one tensor, only attention taking them block by block: the same results with a few
-        large operations in place of many small ones. The list returned ends with the last block's rows."""
-        spans, lo = [], start
+        when `should_stop`, polled between layers, asked to stop); attention takes them block by block, the
+        rest all together (`DecoderLayer.blocks`)."""
+        bounds, lo = [], start
         for x in xs:
-            spans.append([(lo, lo + x.shape[1])])
+            bounds.append((lo, lo + x.shape[1]))
             lo += x.shape[1]
-        big = [i for i, x in enumerate(xs) if x.shape[1] > kernels.MAX_ROWS]
-        if len(big) > 1 and self.rows_apart():  # the big blocks are all but maybe a short last one
-            xs = [torch.cat([xs[i] for i in big], dim=1), *xs[len(big):]]
-            spans = [[s for i in big for s in spans[i]], *spans[len(big):]]
-        masks = [[self.masks(lo, hi) for lo, hi in x_spans] for x_spans in spans]
+        # the native attention (a row at a time) needs no masks
+        masks = [{False: None, True: None} if kernels.row_wise_attention() else self.masks(lo, hi) for lo, hi in bounds]
         for layer in self.model.layers:
             if should_stop is not None and should_stop():
                 return None
             attn = layer.self_attn
             cos, sin = self._rope[attn.rope_base]
-            layer_masks = [[m[attn.sliding] for m in x_masks] for x_masks in masks]
-            xs = layer.blocks(xs, lambda hs, a=attn, c=cos, s=sin, m=layer_masks: a.blocks(hs, spans, c, s, m, slot))
+            layer_masks = [m[attn.sliding] for m in masks]
+            xs = layer.blocks(xs, lambda hs, a=attn, c=cos, s=sin, m=layer_masks: a.blocks(hs, bounds, c, s, m, slot))
         return xs
 
     def rows_apart(self) -> bool:
         """Whether every layer's projections compute each row of a many-row product as it would be alone
-        (the AMX tile products: codegemma.linear's `rows_apart`)."""
+        (the AMX tile products: codegemma.linear's `rows_apart`), so that prefill can run `hidden_rows`."""
         def apart(linear: nn.Module | None) -> bool:
             return bool(getattr(linear, "rows_apart", lambda: False)())
 

@@ -25,6 +25,15 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def resume_point(model: Transformer, common: int, length: int, block: int) -> int:
+    """Where the prefill of a prompt of `length` tokens starts after a cached prefix of `common` tokens equal
+    to its own: its last token is always recomputed (its logits are needed). A model that computes rows
+    apart (`Transformer.rows_apart`) starts right there; another goes back to the last multiple of `block`
+    (prefill's, generate.PREFILL_BLOCK), so that reuse stays bit-identical to a fresh prefill."""
+    n = min(common, length - 1)
+    return n if model.rows_apart() else n // block * block
+
+
 @dataclass
 class _Saved:
     tokens: list[int]
@@ -37,7 +46,8 @@ class _Saved:
 
 class PromptCache:
     def __init__(self, model: Transformer, block: int, max_slots: int = 4, max_bytes: int = 256 << 20):
-        """`block`: reuse ends on a multiple of this (prefill's block size, see generate.PREFILL_BLOCK)."""
+        """`block`: reuse ends on a multiple of this (prefill's block size, see generate.PREFILL_BLOCK) unless the
+        model computes rows apart (`resume_point`)."""
         self.model, self.block = model, block
         self.max_slots, self.max_bytes = max_slots, max_bytes
         self.live: list[int] = []          # tokens whose KV occupy the model cache at [0, len)
@@ -56,9 +66,7 @@ class PromptCache:
             self._save_live()  # the live sequence is about to be overwritten: keep it for its own key
             if restore is not None:
                 self._restore(restore, best)
-        # the last prompt token is always recomputed (its logits are needed), and prefill restarts on a
-        # block boundary so that reuse stays bit-identical to a fresh prefill
-        best = min(best, len(prompt) - 1) // self.block * self.block
+        best = resume_point(self.model, best, len(prompt), self.block)
         self.live = list(prompt[:best])
         self.live_key = key
         return best

@@ -8,8 +8,9 @@ found, the build fails or CODEGEMMA_KERNELS=0 is set, `available()` is False and
 operations instead: the results agree to float32 rounding either way.
 
 They are used for at most MAX_ROWS token rows (decoding, speculative verification). Prefill blocks of 64
-go through PyTorch's matrix-matrix products, except where the CPU has AMX: there the products of all the
-blocks of a pass run as one tile product (gemm.c), whose rows do not depend on each other.
+go through PyTorch's matrix-matrix products, except where the CPU has AMX: there a prefill pass runs
+`row_wise`, its products as one tile product (gemm.c) and its attention natively per row, so that no row's
+result depends on the others.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
 _error = ""
 _disabled = 0
+_row_wise = threading.local()  # per thread: a server's decoding thread is not affected by another's prefill
 _amx = False
 _build_lock = threading.Lock()  # server threads may ask at once; one builds, the others wait for it
 
@@ -211,10 +213,30 @@ def disabled() -> Iterator[None]:
         _disabled -= 1
 
 
+@contextlib.contextmanager
+def row_wise() -> Iterator[None]:
+    """In this thread, run every operation on the path whose result for a row does not depend on the other
+    rows of the call, however few they are: the many-row products (the tile products, where
+    `Transformer.rows_apart`), PyTorch's norms (`active` is False) and the native attention, a row at a time
+    (`row_wise_attention`). A prefill pass so computed gives every position the same KV whatever pass it
+    was in, so prefill may start after any reused prefix."""
+    _row_wise.depth = getattr(_row_wise, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _row_wise.depth -= 1
+
+
+def row_wise_attention() -> bool:
+    """Whether attention takes the native kernel, each row alone, whatever the number of rows (`row_wise`)."""
+    return bool(getattr(_row_wise, "depth", 0)) and available()
+
+
 def active(x: Tensor) -> bool:
-    """Whether the native operations take this activation [..., D]: few rows, float32 or bfloat16, CPU."""
+    """Whether the native operations take this activation [..., D]: few rows, float32 or bfloat16, CPU
+    (not inside `row_wise`)."""
     return (not _disabled and x.numel() <= MAX_ROWS * x.shape[-1] and x.dtype in (torch.float32, torch.bfloat16)
-            and x.device.type == "cpu" and available())
+            and x.device.type == "cpu" and not getattr(_row_wise, "depth", 0) and available())
 
 
 @functools.cache  # asked on every prefill product; the CPU does not change

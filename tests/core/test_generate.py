@@ -221,7 +221,7 @@ def test_prefill_in_groups_of_blocks_equals_block_by_block(tmp_path, monkeypatch
         return torch.cat([torch.cat([a.kv_cache.k[:, :, :n], a.kv_cache.v[:, :, :n]])
                           for a in (layer.self_attn for layer in model.model.layers)])
 
-    # where the CPU has AMX tiles the blocks of a group go through the layers as one tensor (model._layers)
+    # where the CPU has AMX tiles every row is computed as it would be alone (model.hidden_rows)
     assert model.rows_apart() == kernels.tile_gemm()
     grouped = prefill(model, tokens, 0)
     grouped_kv = caches().clone()
@@ -249,3 +249,37 @@ def test_prefix_reuse_on_loaded_weights_is_bit_identical(tmp_path, monkeypatch, 
     reused_kv = caches(len(second)).clone()
     fresh = prefill(model, second, 0)
     assert torch.equal(reused, fresh) and torch.equal(reused_kv, caches(len(second)))
+
+
+@pytest.mark.skipif(not kernels.tile_gemm(), reason="rows are computed apart on AMX tiles only")
+@pytest.mark.parametrize("quant", [None, "q8_0"])
+def test_where_rows_are_apart_prefill_resumes_anywhere_bit_identically(tmp_path, monkeypatch, quant):
+    """Where every product computes rows apart, a prefill computes each row as it would alone (tile products,
+    PyTorch's norms, the native attention row by row): resuming after a cached prefix of any length, in
+    passes of any size, gives the logits and KV of a fresh prefill bit for bit, so the prompt cache reuses
+    the whole common prefix instead of going back to a block boundary."""
+    monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "cache"))
+    model = codegemma.load(str(write_checkpoint(tmp_path / "tiny", tiny_config("gemma3"), seed=8)), quant=quant).model
+    assert model.rows_apart()
+    tokens = [2, *[(11 * i) % 180 + 7 for i in range(3 * PREFILL_BLOCK + 30)]]
+    layers = [layer.self_attn.kv_cache for layer in model.model.layers]
+
+    def caches() -> torch.Tensor:
+        return torch.cat([torch.cat([c.k[:, :, :len(tokens)], c.v[:, :, :len(tokens)]]) for c in layers])
+
+    fresh = prefill(model, tokens, 0)
+    fresh_kv = caches().clone()
+    for group, start in [(8, 1), (8, 37), (1, PREFILL_BLOCK + 5), (1, 150), (2, len(tokens) - 3), (8, len(tokens) - 1)]:
+        monkeypatch.setattr(generate_module, "PREFILL_GROUP", group)  # passes of 64 or 128 rows from `start`
+        for c in layers:  # nothing after the prefix may survive from the fresh pass
+            c.k[:, :, start:].fill_(float("nan"))
+            c.v[:, :, start:].fill_(float("nan"))
+        assert torch.equal(prefill(model, tokens, start), fresh), start
+        assert torch.equal(caches(), fresh_kv), start
+
+    cache = PromptCache(model, PREFILL_BLOCK)
+    cache.commit(tokens, "doc")
+    edited = tokens[:101] + [9, 10, 11]
+    assert cache.prepare(edited, "doc") == 101  # the whole common prefix, not 64
+    cache.commit(tokens, "doc")
+    assert cache.prepare(tokens, "doc") == len(tokens) - 1  # the last token is recomputed for its logits
