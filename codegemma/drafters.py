@@ -24,10 +24,36 @@ class Drafter(Protocol):
     def feedback(self, drafted: int, accepted: int) -> None: ...
 
 
+class AcceptanceHistory:
+    """Draft acceptance over the recent requests of an engine, where each request's drafts start from
+    (`AdaptiveLength`'s prior): a workload whose drafts are seldom taken (single lines: 18-25% of n-gram
+    draft tokens) then stops paying a failed verification in every request to learn it again, and one
+    whose drafts are taken drafts at length from its first step. Updated by every verified draft."""
+
+    DECAY = 0.9    # weight of the earlier drafts: about the last ten count
+    WEIGHT = 4.0   # draft tokens' worth of evidence that a new request starts with (the fixed prior: 2)
+
+    def __init__(self) -> None:
+        self.accepted, self.tried = 0.0, 0.0
+
+    def add(self, accepted: int, decided: int) -> None:
+        self.accepted = self.DECAY * self.accepted + accepted
+        self.tried = self.DECAY * self.tried + decided
+
+    def prior(self) -> tuple[float, float]:
+        """(accepted, tried) for a new request: the recent rate with WEIGHT tokens of evidence, or
+        AdaptiveLength's fixed prior before any draft was verified."""
+        if self.tried == 0.0:
+            return AdaptiveLength.PRIOR
+        rate = (self.accepted + AdaptiveLength.PRIOR[0]) / (self.tried + AdaptiveLength.PRIOR[1])
+        return rate * self.WEIGHT, self.WEIGHT
+
+
 class AdaptiveLength:
     """Draft length that follows the recent acceptance: long drafts only while they pay off, and none for a
     while after drafts were wholly rejected (a verification costs more than a plain step), the pause
-    doubling while rejections go on.
+    doubling while rejections go on. A request starts from PRIOR, or from the engine's recent requests
+    (`AcceptanceHistory`).
 
     With a measured verification cost (`codegemma.speculation.VerifyCost`) the length is the one with the
     most tokens per unit of time at the estimated per-token acceptance, and none while no length beats a
@@ -38,8 +64,10 @@ class AdaptiveLength:
     DECAY = 0.8  # weight of the earlier drafts in the acceptance estimate
     PRIOR = (1.0, 2.0)  # accepted, tried: a prior estimate of 0.5, worth two draft tokens
 
-    def __init__(self, max_k: int, min_k: int = 1, cost: VerifyCost | None = None):
-        self.max_k, self.min_k, self.cost = max_k, min_k, cost
+    def __init__(self, max_k: int, min_k: int = 1, cost: VerifyCost | None = None,
+                 history: AcceptanceHistory | None = None):
+        self.max_k, self.min_k, self.cost, self.history = max_k, min_k, cost, history
+        self.prior = history.prior() if history is not None else self.PRIOR
         self.pause = 0      # proposals still to skip
         self.backoff = 1    # the next pause's length
         self.accepted, self.tried = 0.0, 0.0  # decayed counts of draft tokens accepted / decided
@@ -48,7 +76,7 @@ class AdaptiveLength:
     @property
     def acceptance(self) -> float:
         """Estimated probability that a draft token is accepted, given the ones before it were."""
-        return (self.accepted + self.PRIOR[0]) / (self.tried + self.PRIOR[1])
+        return (self.accepted + self.prior[0]) / (self.tried + self.prior[1])
 
     def paused(self) -> bool:
         """True (and one step of the pause used up) while drafting is paused."""
@@ -65,8 +93,11 @@ class AdaptiveLength:
         else:
             self.backoff = 1
         # tokens up to the first rejection were decided; the rest of the draft tells nothing
+        decided = accepted + (accepted < drafted)
         self.accepted = self.DECAY * self.accepted + accepted
-        self.tried = self.DECAY * self.tried + accepted + (accepted < drafted)
+        self.tried = self.DECAY * self.tried + decided
+        if self.history is not None:
+            self.history.add(accepted, decided)
         if self.cost is not None:
             best = self.cost.best_draft(self.acceptance, self.max_k)
             if best == 0:  # no draft pays at this acceptance: a pause, then a short probe
@@ -86,13 +117,15 @@ class NGramDrafter:
     262k vocabulary is noise) and adapts the draft length to how well the recent drafts were accepted.
     """
 
-    def __init__(self, max_n: int = 4, min_n: int = 2, max_k: int = 8, cost: VerifyCost | None = None):
+    def __init__(self, max_n: int = 4, min_n: int = 2, max_k: int = 8, cost: VerifyCost | None = None,
+                 history: AcceptanceHistory | None = None):
         self.max_n, self.min_n = max_n, min_n
-        self.length = AdaptiveLength(max_k, cost=cost)
+        self.length = AdaptiveLength(max_k, cost=cost, history=history)
         self.reset([])
 
     def reset(self, prompt: Sequence[int], sources: Sequence[Sequence[int]] = ()) -> None:
-        self.length = AdaptiveLength(self.length.max_k, cost=self.length.cost)
+        length = self.length
+        self.length = AdaptiveLength(length.max_k, cost=length.cost, history=length.history)
         self.corpus: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> position just after its latest occurrence
         # extra sources (e.g. the suffix of a left-to-right prompt) go first, so the live text wins ties;

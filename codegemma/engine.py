@@ -13,7 +13,7 @@ import torch
 
 from codegemma import kernels
 from codegemma.contract import GenerateOptions
-from codegemma.drafters import Drafter, ModelDrafter, NGramDrafter
+from codegemma.drafters import AcceptanceHistory, Drafter, ModelDrafter, NGramDrafter
 from codegemma.errors import PromptTooLongError
 from codegemma.generate import PREFILL_BLOCK, Generation, TextStream, generate
 from codegemma.linear import weight_formats
@@ -46,6 +46,7 @@ class Engine:
         self.draft_model = draft_model
         self.max_draft = max_draft
         self.prompt_cache = PromptCache(model, PREFILL_BLOCK)
+        self.acceptance = AcceptanceHistory()  # n-gram drafts' recent acceptance: where a request's drafts start
         self._verify_cost: VerifyCost | None = None
         self._pass_times: dict[int, float] = {}  # best seconds of a pass over n positions, all measurements
         self._measurements = 0
@@ -128,7 +129,9 @@ class Engine:
         if self.draft_model is not None:
             return ModelDrafter(self.draft_model, Sampler(sampler.temperature, sampler.top_k, sampler.top_p,
                                                           sampler.seed), max_k=self.max_draft)
-        return NGramDrafter(max_k=self.max_draft, cost=None if forced else self.verify_cost)
+        if forced:
+            return NGramDrafter(max_k=self.max_draft)
+        return NGramDrafter(max_k=self.max_draft, cost=self.verify_cost, history=self.acceptance)
 
     def generate(self, prompt: Sequence[int], options: GenerateOptions = GenerateOptions(), *,
                  on_text: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,

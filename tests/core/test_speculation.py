@@ -7,7 +7,7 @@ import pytest
 
 from codegemma import GenerateOptions, engine as engine_module
 from codegemma.batch import BatchEngine
-from codegemma.drafters import AdaptiveLength
+from codegemma.drafters import AcceptanceHistory, AdaptiveLength, NGramDrafter
 from codegemma.engine import RECHECKS, Engine
 from codegemma.speculation import VerifyCost, cost_from_times, expected_tokens, measure_pass_times
 from tests.tiny import random_model, tiny_config, tiny_engine
@@ -44,6 +44,28 @@ def test_draft_length_policy_uses_the_cost():
     dear = AdaptiveLength(16, cost=DEAR)
     dear.update(4, 1)  # acceptance well below what would pay here: drafting pauses
     assert dear.paused()
+
+
+def test_a_new_request_starts_from_the_recent_requests_acceptance():
+    MID = VerifyCost(((0, 1.0), (1, 1.3), (4, 1.6), (8, 2.0), (16, 3.5)))  # this machine's order of magnitude
+    fresh = AdaptiveLength(16, cost=MID)
+    assert fresh.acceptance == 0.5 and fresh.k > 0  # nothing seen yet: the fixed prior, which drafts
+
+    seldom = AcceptanceHistory()
+    for _ in range(4):  # single-line requests: each draft rejected at once
+        AdaptiveLength(16, cost=MID, history=seldom).update(2, 0)
+    single = AdaptiveLength(16, cost=MID, history=seldom)
+    assert single.acceptance < 0.35 and MID.best_draft(single.acceptance, 16) == 0  # no draft pays at that rate
+
+    often = AcceptanceHistory()
+    for _ in range(4):  # multi-line requests copying lines: drafts taken whole
+        AdaptiveLength(16, cost=MID, history=often).update(6, 6)
+    multi = AdaptiveLength(16, cost=MID, history=often)
+    assert multi.acceptance > 0.7 and multi.k > fresh.k  # long drafts from the first step
+
+    drafter = NGramDrafter(max_k=16, cost=MID, history=seldom)
+    drafter.reset([5, 6, 7, 5, 6, 7])  # every request's drafter starts from the history as it is then
+    assert drafter.length.acceptance == single.acceptance
 
 
 def test_measured_cost_on_a_model():
