@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCES = [Path(__file__).with_name(name) for name in ("ops.c", "gguf.c", "chain.c", "gemm.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("ops.c", "gguf.c", "chain.c", "gemm.c", "attention.c")]
 HEADERS = [Path(__file__).with_name(name) for name in ("numerics.h", "amx.h", "tiles.h")]
 MAX_ROWS = 16
 # CODEGEMMA_KERNELS_MARCH: the -march target (default native); e.g. x86-64-v2 for a build without AVX-512
@@ -127,7 +127,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cg_add_norm.restype = i
     lib.cg_add_norm.argtypes = [i, i, i, f, p, p, p, p, p, p]
     lib.cg_attention.restype = i
-    lib.cg_attention.argtypes = [i, i, i, i, i, i64, i64, i, f, f, f, p, p, p, p, p, p, p]
+    lib.cg_attention.argtypes = [i, i, i, i, i, i64, i64, i, f, f, f, p, p, p, p, p, p, p, i]
     lib.cg_lora.restype = i
     lib.cg_lora.argtypes = [i, i, i64, i, p, i, p, p, f, p, i, i64, p, i, p, i]
     lib.cg_row_bytes.restype = i64
@@ -269,13 +269,16 @@ def attention(qkv: Tensor, n_heads: int, n_kv: int, head_dim: int, start: int, k
               v_cache: Tensor, cos: Tensor, sin: Tensor, qk_scale: Tensor | None, q_scale: float,
               softcap: float | None, window: int | None, eps: float) -> Tensor:
     """qkv [1, S, (H + 2 KV) * D] at positions start.. -> attention output [1, S, H * D]; writes k and v into
-    the caches [1, KV, max_len, D]. See cg_attention in ops.c."""
+    the caches [1, KV, max_len, D]. See cg_attention in ops.c. Inside `row_wise` (a prefill pass) float32
+    caches take the AMX tiles where there are any (attention.c: bfloat16 operands, each row alone)."""
     S = qkv.shape[1]
     qkv = qkv.contiguous()
     out = torch.empty(1, S, n_heads * head_dim, dtype=qkv.dtype)
+    tiles = bool(getattr(_row_wise, "depth", 0)) and tile_gemm()
     rc = _lib.cg_attention(_TYPES[qkv.dtype], S, n_heads, n_kv, head_dim, start, k_cache.shape[2], window or 0,
                            q_scale, softcap or 0.0, eps, qkv.data_ptr(), _ptr(qk_scale), cos.contiguous().data_ptr(),
-                           sin.contiguous().data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr())
+                           sin.contiguous().data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(),
+                           int(tiles))
     if rc != 0:
         raise MemoryError("out of memory in native attention")
     return out

@@ -16,7 +16,7 @@ int cg_add_norm(int t, int M, int D, float eps, const void *x, const void *h, co
                 const float *out_scale, void *x_out, void *y);
 int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_len, int window, float q_scale,
                  float softcap, float eps, const void *qkv, const float *qk_scale, const void *cos,
-                 const void *sin, void *kcache, void *vcache, void *out);
+                 const void *sin, void *kcache, void *vcache, void *out, int tiles);
 
 /* one fused projection: matrices Ws[i] [Ns[i], K] in GGUF types types[i], N = sum(Ns) outputs */
 typedef struct {
@@ -68,13 +68,13 @@ int cg_gguf_layers(const cg_shape *s, int n, const cg_layer *layers, int M, int6
         if (!positions) {
             rc = cg_attention(0, M, s->H, s->KV, s->Dh, start, s->max_len, L->window, s->q_scale, s->softcap, s->eps,
                               qkv, L->qk_scale, L->cos + start * s->Dh, L->sin + start * s->Dh, L->kcache, L->vcache,
-                              att);
+                              att, 0);
         } else {
             for (int m = 0; m < M && rc == 0; m++) {
                 int64_t pos = positions[m];
                 rc = cg_attention(0, 1, s->H, s->KV, s->Dh, pos, s->max_len, L->window, s->q_scale, s->softcap, s->eps,
                                   qkv + m * qkv_n, L->qk_scale, L->cos + pos * s->Dh, L->sin + pos * s->Dh,
-                                  kcaches[(int64_t)l * M + m], vcaches[(int64_t)l * M + m], att + m * att_n);
+                                  kcaches[(int64_t)l * M + m], vcaches[(int64_t)l * M + m], att + m * att_n, 0);
             }
         }
         if (rc) break;
