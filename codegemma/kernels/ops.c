@@ -670,6 +670,26 @@ static int attention_tasks_f32(int S, int H, int KV, int D, int64_t start, int64
 int cg_tile_attention(int S, int H, int KV, int D, int64_t start, int64_t max_len, int window, float q_scale,
                       float softcap, const float *q, const float *kcache, const float *vcache, float *out); /* attention.c */
 
+#ifdef __AVX512F__
+/* One float32 head x [D] (D a multiple of 32, at most 256) -> dst: an RMSNorm scaled by qk_scale [D] when
+ * given, then RoPE with this position's cos and signed sin (x * cos + roll(x, D/2) * sin) */
+static inline void prepare_f32(int D, const float *x, const float *qk_scale, float eps, const float *cos,
+                               const float *sin, float *dst) {
+    __m512 v[16];
+    int n = D / 16;
+    for (int c = 0; c < n; c++) v[c] = _mm512_loadu_ps(x + 16 * c);
+    if (qk_scale) {
+        __m512 ss = _mm512_setzero_ps();
+        for (int c = 0; c < n; c++) ss = _mm512_fmadd_ps(v[c], v[c], ss);
+        __m512 r = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(ss) / D + eps));
+        for (int c = 0; c < n; c++) v[c] = _mm512_mul_ps(_mm512_mul_ps(v[c], r), _mm512_loadu_ps(qk_scale + 16 * c));
+    }
+    for (int c = 0; c < n; c++)
+        _mm512_storeu_ps(dst + 16 * c, _mm512_add_ps(_mm512_mul_ps(v[c], _mm512_loadu_ps(cos + 16 * c)),
+                                                     _mm512_mul_ps(v[(c + n / 2) % n], _mm512_loadu_ps(sin + 16 * c))));
+}
+#endif
+
 int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_len, int window, float q_scale,
                  float softcap, float eps, const void *qkv, const float *qk_scale, const void *cos,
                  const void *sin, void *kcache, void *vcache, void *out, int tiles) {
@@ -694,6 +714,14 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
                        (const char *)qkv + o * csize, D * csize);
                 continue;
             }
+#ifdef __AVX512F__
+            if (t == T_F32 && D % 32 == 0 && D <= 256) { /* the same steps, 16 values a vector */
+                prepare_f32(D, (const float *)qkv + o, qk_scale ? qk_scale + (size_t)j * D : NULL, eps,
+                            (const float *)cos + (size_t)s * D, (const float *)sin + (size_t)s * D,
+                            j < H ? q + ((size_t)s * H + j) * D : (float *)kcache + ((size_t)(j - H) * max_len + pos) * D);
+                continue;
+            }
+#endif
             for (int d = 0; d < D; d++) v[d] = ld(qkv, t, o + d);
             if (qk_scale) {
                 float ss = 0.0f;
