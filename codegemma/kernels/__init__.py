@@ -269,8 +269,8 @@ def attention(qkv: Tensor, n_heads: int, n_kv: int, head_dim: int, start: int, k
               v_cache: Tensor, cos: Tensor, sin: Tensor, qk_scale: Tensor | None, q_scale: float,
               softcap: float | None, window: int | None, eps: float) -> Tensor:
     """qkv [1, S, (H + 2 KV) * D] at positions start.. -> attention output [1, S, H * D]; writes k and v into
-    the caches [1, KV, max_len, D]. See cg_attention in ops.c. Inside `row_wise` (a prefill pass) float32
-    caches take the AMX tiles where there are any (attention.c: bfloat16 operands, each row alone)."""
+    the caches [1, KV, max_len, D]. See cg_attention in ops.c. Inside `row_wise` (a prefill pass) it takes
+    the AMX tiles where there are any (attention.c: bfloat16 operands, each row alone)."""
     S = qkv.shape[1]
     qkv = qkv.contiguous()
     out = torch.empty(1, S, n_heads * head_dim, dtype=qkv.dtype)

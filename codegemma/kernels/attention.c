@@ -1,5 +1,5 @@
-/* Prefill attention on AMX tiles over float32 caches: queries, keys, values and probabilities in bfloat16,
- * sums in float32.
+/* Prefill attention on AMX tiles over float32 or bfloat16 caches: queries, keys, values and probabilities
+ * in bfloat16, sums in float32.
  *
  * Why: a prefill pass computes each row alone (prompt reuse may resume anywhere), so attention ran a row at
  * a time on the float32 vector units: ~40% of a 1000-token prefill of the embedded model. Tiles multiply 16
@@ -32,10 +32,16 @@
 void cg_bf16_pack(const void *x, int f32, int64_t x_stride, int64_t M, int K, uint16_t *xp); /* gemm.c */
 int64_t cg_bf16_packed_size(int64_t M, int K);
 
-/* values V [T, D] float32 (n of them real, zeros after) -> the B operand of p . v: for dimension block b (16
- * dimensions) and step s (32 keys), pair p, dimension j: V[32 s + 2 p + 0..1][16 b + j] at
- * vp[((b * steps + s) * 16 + p) * 32 + 2 j + 0..1] */
-static void pack_values(const float *V, int64_t n, int64_t steps, int D, uint16_t *vp) {
+/* 16 values of a row of V (float32, or bfloat16 when bf16) from dimension d as bfloat16 in the low half */
+static inline __m256i value16(const void *V, int bf16, int64_t row, int D, int d) {
+    if (bf16) return _mm256_loadu_si256((const __m256i *)((const uint16_t *)V + row * D + d));
+    return (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps((const float *)V + row * D + d));
+}
+
+/* values V [T, D] (float32, or bfloat16 when bf16; n of them real, zeros after) -> the B operand of p . v: for
+ * dimension block b (16 dimensions) and step s (32 keys), pair p, dimension j: V[32 s + 2 p + 0..1][16 b + j]
+ * at vp[((b * steps + s) * 16 + p) * 32 + 2 j + 0..1] */
+static void pack_values(const void *V, int bf16, int64_t n, int64_t steps, int D, uint16_t *vp) {
     const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                            21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
 #pragma omp parallel for schedule(static)
@@ -44,9 +50,9 @@ static void pack_values(const float *V, int64_t n, int64_t steps, int D, uint16_
             uint16_t *t = vp + ((int64_t)b * steps + s) * 512;
             for (int p = 0; p < 16; p++) {
                 int64_t k0 = 32 * s + 2 * p, k1 = k0 + 1;
-                __m512 v0 = k0 < n ? _mm512_loadu_ps(V + k0 * D + 16 * b) : _mm512_setzero_ps();
-                __m512 v1 = k1 < n ? _mm512_loadu_ps(V + k1 * D + 16 * b) : _mm512_setzero_ps();
-                __m512i both = (__m512i)_mm512_cvtne2ps_pbh(v1, v0); /* v0's 16, then v1's 16 */
+                __m256i v0 = k0 < n ? value16(V, bf16, k0, D, 16 * b) : _mm256_setzero_si256();
+                __m256i v1 = k1 < n ? value16(V, bf16, k1, D, 16 * b) : _mm256_setzero_si256();
+                __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1); /* v0's 16, then v1's 16 */
                 _mm512_storeu_si512((void *)(t + 32 * p), _mm512_permutexvar_epi16(pairs, both));
             }
         }
@@ -62,7 +68,7 @@ typedef struct {
 /* Rows r0 .. r0 + n - 1 (n <= 16) of query head h: out[r][h D ..] for each */
 static void attend_block(int S, int H, int D, int64_t start, int window, float q_scale, float softcap, const float *q,
                          int h, int r0, int n, const packed_kv *kv, uint16_t *qb, float *sc, uint16_t *pb, float *acc,
-                         float *out) {
+                         void *out, int bf16) {
     int64_t last = start + r0 + n - 1, lo0 = window > 0 && start + r0 - window + 1 > 0 ? start + r0 - window + 1 : 0;
     int64_t klo = lo0 / 32 * 32, steps = (last + 1 - klo + 31) / 32, width = 32 * steps; /* keys klo .. */
     int64_t s0 = (klo - kv->first) / 32;
@@ -135,20 +141,25 @@ static void attend_block(int S, int H, int D, int64_t start, int window, float q
             _tile_dpbf16ps(2, 0, 1);
         }
         _tile_stored(2, acc, 64);
-        for (int r = 0; r < n; r++)
-            _mm512_storeu_ps(out + ((size_t)(r0 + r) * H + h) * D + 16 * b,
-                             _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * r), _mm512_set1_ps(inv[r])));
+        for (int r = 0; r < n; r++) {
+            __m512 o = _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * r), _mm512_set1_ps(inv[r]));
+            size_t at = ((size_t)(r0 + r) * H + h) * D + 16 * b;
+            if (bf16)
+                _mm256_storeu_si256((__m256i *)((uint16_t *)out + at), (__m256i)_mm512_cvtneps_pbh(o));
+            else
+                _mm512_storeu_ps((float *)out + at, o);
+        }
     }
     (void)S;
 }
 #endif
 
 /* Attention of S prepared query rows q [S, H, D] (normalised and rotated, float32) at positions start.. over
- * float32 caches [KV, max_len, D] that hold their keys and values and everything before -> out [S, H * D],
- * on AMX tiles (see the top of this file). Returns 0, -1 when out of memory, -2 where the tiles are not
- * available or D is not a multiple of 32. */
+ * caches [KV, max_len, D] (float32, or bfloat16 when bf16) that hold their keys and values and everything
+ * before -> out [S, H * D] in the caches' type, on AMX tiles (see the top of this file). Returns 0, -1 when out
+ * of memory, -2 where the tiles are not available or D is not a multiple of 32. */
 int cg_tile_attention(int S, int H, int KV, int D, int64_t start, int64_t max_len, int window, float q_scale,
-                      float softcap, const float *q, const float *kcache, const float *vcache, float *out) {
+                      float softcap, const float *q, const void *kcache, const void *vcache, void *out, int bf16) {
 #ifdef HAVE_TILE_ATTENTION
     if (!cg_amx_on || D % 32 || S < 1) return -2;
     int64_t end = start + S, lo = window > 0 && start - window + 1 > 0 ? start - window + 1 : 0;
@@ -167,9 +178,9 @@ int cg_tile_attention(int S, int H, int KV, int D, int64_t start, int64_t max_le
         return -2;
     }
     for (int k = 0; k < KV; k++) {
-        const float *K = kcache + ((size_t)k * max_len + first) * D, *V = vcache + ((size_t)k * max_len + first) * D;
-        cg_bf16_pack(K, 1, D, n, D, kp + kbytes * k);
-        pack_values(V, n, steps, D, vp + vbytes * k);
+        size_t at = ((size_t)k * max_len + first) * D * (bf16 ? 2 : 4);
+        cg_bf16_pack((const char *)kcache + at, !bf16, D, n, D, kp + kbytes * k);
+        pack_values((const char *)vcache + at, bf16, n, steps, D, vp + vbytes * k);
         kvs[k] = (packed_kv){first, steps, kp + kbytes * k, vp + vbytes * k};
     }
     int blocks = (S + 15) / 16, tasks = blocks * H, failed = 0;
@@ -193,7 +204,7 @@ int cg_tile_attention(int S, int H, int KV, int D, int64_t start, int64_t max_le
             if (bad) continue;
             int b = task / H, h = task % H, r0 = 16 * b, rows = S - r0 < 16 ? S - r0 : 16;
             attend_block(S, H, D, start, window, q_scale, softcap, q, h, r0, rows, &kvs[h / (H / KV)], qb, sc, pb,
-                         acc, out);
+                         acc, out, bf16);
         }
         if (!bad) _tile_release();
         free(qb);
@@ -206,7 +217,7 @@ int cg_tile_attention(int S, int H, int KV, int D, int64_t start, int64_t max_le
     return failed ? -1 : 0;
 #else
     (void)S, (void)H, (void)KV, (void)D, (void)start, (void)max_len, (void)window, (void)q_scale, (void)softcap;
-    (void)q, (void)kcache, (void)vcache, (void)out;
+    (void)q, (void)kcache, (void)vcache, (void)out, (void)bf16;
     return -2;
 #endif
 }

@@ -665,10 +665,11 @@ static int attention_tasks_f32(int S, int H, int KV, int D, int64_t start, int64
  * Rounding follows the PyTorch path (bf16 scores and probabilities). float32 caches with AVX-512 take
  * attend_f32: a task per row and group of query heads sharing a KV head, keys 16 at a time (for a verified
  * row at position 560 of Gemma 3 270M this took attention from 2.5x to under 1x of the row's products).
- * tiles: float32 caches take AMX tiles where there are any (cg_tile_attention; a prefill pass, whose rows
- * round their queries, keys, values and probabilities to bfloat16 there). Returns -1 when out of memory. */
+ * tiles: take AMX tiles where there are any (cg_tile_attention; a prefill pass, whose rows round their
+ * queries, keys, values and probabilities to bfloat16 there). Returns -1 when out of memory. */
 int cg_tile_attention(int S, int H, int KV, int D, int64_t start, int64_t max_len, int window, float q_scale,
-                      float softcap, const float *q, const float *kcache, const float *vcache, float *out); /* attention.c */
+                      float softcap, const float *q, const void *kcache, const void *vcache, void *out,
+                      int bf16); /* attention.c */
 
 #ifdef __AVX512F__
 /* One float32 head x [D] (D a multiple of 32, at most 256) -> dst: an RMSNorm scaled by qk_scale [D] when
@@ -742,9 +743,9 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
     }
     int failed = 0;
     int rep = H / KV;
-    if (tiles && t == T_F32) { /* a prefill pass: AMX tiles where there are any (attention.c) */
-        int rc = cg_tile_attention(S, H, KV, D, start, max_len, window, q_scale, softcap, q, (const float *)kcache,
-                                   (const float *)vcache, (float *)out);
+    if (tiles && (t == T_F32 || t == T_BF16)) { /* a prefill pass: AMX tiles where there are any (attention.c) */
+        int rc = cg_tile_attention(S, H, KV, D, start, max_len, window, q_scale, softcap, q, kcache, vcache, out,
+                                   t == T_BF16);
         if (rc != -2) {
             free(q);
             free(vs);
