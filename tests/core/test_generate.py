@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -253,13 +254,15 @@ def test_prefix_reuse_on_loaded_weights_is_bit_identical(tmp_path, monkeypatch, 
 
 @pytest.mark.skipif(not kernels.tile_gemm(), reason="rows are computed apart on AMX tiles only")
 @pytest.mark.parametrize("quant", [None, "q8_0"])
-def test_where_rows_are_apart_prefill_resumes_anywhere_bit_identically(tmp_path, monkeypatch, quant):
+@pytest.mark.parametrize("head_dim", [16, 32])  # attention by the row kernel, or on tiles (a multiple of 32)
+def test_where_rows_are_apart_prefill_resumes_anywhere_bit_identically(tmp_path, monkeypatch, quant, head_dim):
     """Where every product computes rows apart, a prefill computes each row as it would alone (tile products,
     PyTorch's norms, the native attention row by row): resuming after a cached prefix of any length, in
     passes of any size, gives the logits and KV of a fresh prefill bit for bit, so the prompt cache reuses
     the whole common prefix instead of going back to a block boundary."""
     monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "cache"))
-    model = codegemma.load(str(write_checkpoint(tmp_path / "tiny", tiny_config("gemma3"), seed=8)), quant=quant).model
+    cfg = dataclasses.replace(tiny_config("gemma3"), head_dim=head_dim)
+    model = codegemma.load(str(write_checkpoint(tmp_path / "tiny", cfg, seed=8)), quant=quant).model
     assert model.rows_apart()
     tokens = [2, *[(11 * i) % 180 + 7 for i in range(3 * PREFILL_BLOCK + 30)]]
     layers = [layer.self_attn.kv_cache for layer in model.model.layers]
