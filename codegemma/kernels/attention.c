@@ -66,7 +66,7 @@ typedef struct {
 } packed_kv;
 
 /* Rows r0 .. r0 + n - 1 (n <= 16) of query head h: out[r][h D ..] for each */
-static void attend_block(int S, int H, int D, int64_t start, int window, float q_scale, float softcap, const float *q,
+static void attend_block(int H, int D, int64_t start, int window, float q_scale, float softcap, const float *q,
                          int h, int r0, int n, const packed_kv *kv, uint16_t *qb, float *sc, uint16_t *pb, float *acc,
                          void *out, int bf16) {
     int64_t last = start + r0 + n - 1, lo0 = window > 0 && start + r0 - window + 1 > 0 ? start + r0 - window + 1 : 0;
@@ -150,18 +150,17 @@ static void attend_block(int S, int H, int D, int64_t start, int window, float q
                 _mm512_storeu_ps((float *)out + at, o);
         }
     }
-    (void)S;
 }
 #endif
 
 /* Attention of S prepared query rows q [S, H, D] (normalised and rotated, float32) at positions start.. over
  * caches [KV, max_len, D] (float32, or bfloat16 when bf16) that hold their keys and values and everything
  * before -> out [S, H * D] in the caches' type, on AMX tiles (see the top of this file). Returns 0, -1 when out
- * of memory, -2 where the tiles are not available or D is not a multiple of 32. */
+ * of memory, -2 where the tiles are not available, D is not a multiple of 32 or KV is over 64. */
 int cg_tile_attention(int S, int H, int KV, int D, int64_t start, int64_t max_len, int window, float q_scale,
                       float softcap, const float *q, const void *kcache, const void *vcache, void *out, int bf16) {
 #ifdef HAVE_TILE_ATTENTION
-    if (!cg_amx_on || D % 32 || S < 1) return -2;
+    if (!cg_amx_on || D % 32 || S < 1 || KV > 64) return -2;
     int64_t end = start + S, lo = window > 0 && start - window + 1 > 0 ? start - window + 1 : 0;
     int64_t first = lo / 32 * 32, n = end - first, steps = (n + 31) / 32;
     size_t kbytes = (size_t)cg_bf16_packed_size(n, D), vbytes = (size_t)steps * 32 * D;
@@ -172,11 +171,6 @@ int cg_tile_attention(int S, int H, int KV, int D, int64_t start, int64_t max_le
         return -1;
     }
     packed_kv kvs[64];
-    if (KV > 64) {
-        free(kp);
-        free(vp);
-        return -2;
-    }
     for (int k = 0; k < KV; k++) {
         size_t at = ((size_t)k * max_len + first) * D * (bf16 ? 2 : 4);
         cg_bf16_pack((const char *)kcache + at, !bf16, D, n, D, kp + kbytes * k);
@@ -203,8 +197,8 @@ int cg_tile_attention(int S, int H, int KV, int D, int64_t start, int64_t max_le
         for (int task = 0; task < tasks; task++) {
             if (bad) continue;
             int b = task / H, h = task % H, r0 = 16 * b, rows = S - r0 < 16 ? S - r0 : 16;
-            attend_block(S, H, D, start, window, q_scale, softcap, q, h, r0, rows, &kvs[h / (H / KV)], qb, sc, pb,
-                         acc, out, bf16);
+            attend_block(H, D, start, window, q_scale, softcap, q, h, r0, rows, &kvs[h / (H / KV)], qb, sc, pb, acc,
+                         out, bf16);
         }
         if (!bad) _tile_release();
         free(qb);
