@@ -9,8 +9,8 @@ operations instead: the results agree to float32 rounding either way.
 
 They are used for at most MAX_ROWS token rows (decoding, speculative verification). Prefill blocks of 64
 go through PyTorch's matrix-matrix products, except where the CPU has AMX: there a prefill pass runs
-`row_wise`, its products as one tile product (gemm.c) and its attention natively per row, so that no row's
-result depends on the others.
+`row_wise`, its products as one tile product (gemm.c) and its attention on tiles too (attention.c), each row
+computed so that its result does not depend on the others.
 """
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ _TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
 _error = ""
 _disabled = 0
-_row_wise = threading.local()  # per thread: a server's decoding thread is not affected by another's prefill
+class _Depth(threading.local):
+    depth = 0
+
+
+_row_wise = _Depth()  # per thread: a server's decoding thread is not affected by another's prefill
 _amx = False
 _build_lock = threading.Lock()  # server threads may ask at once; one builds, the others wait for it
 
@@ -220,7 +224,7 @@ def row_wise() -> Iterator[None]:
     `Transformer.rows_apart`), PyTorch's norms (`active` is False) and the native attention, a row at a time
     (`row_wise_attention`). A prefill pass so computed gives every position the same KV whatever pass it
     was in, so prefill may start after any reused prefix."""
-    _row_wise.depth = getattr(_row_wise, "depth", 0) + 1
+    _row_wise.depth += 1
     try:
         yield
     finally:
@@ -229,14 +233,14 @@ def row_wise() -> Iterator[None]:
 
 def row_wise_attention() -> bool:
     """Whether attention takes the native kernel, each row alone, whatever the number of rows (`row_wise`)."""
-    return bool(getattr(_row_wise, "depth", 0)) and available()
+    return bool(_row_wise.depth) and available()
 
 
 def active(x: Tensor) -> bool:
     """Whether the native operations take this activation [..., D]: few rows, float32 or bfloat16, CPU
     (not inside `row_wise`)."""
     return (not _disabled and x.numel() <= MAX_ROWS * x.shape[-1] and x.dtype in (torch.float32, torch.bfloat16)
-            and x.device.type == "cpu" and not getattr(_row_wise, "depth", 0) and available())
+            and x.device.type == "cpu" and not _row_wise.depth and available())
 
 
 @functools.cache  # asked on every prefill product; the CPU does not change
@@ -274,7 +278,7 @@ def attention(qkv: Tensor, n_heads: int, n_kv: int, head_dim: int, start: int, k
     S = qkv.shape[1]
     qkv = qkv.contiguous()
     out = torch.empty(1, S, n_heads * head_dim, dtype=qkv.dtype)
-    tiles = bool(getattr(_row_wise, "depth", 0)) and tile_gemm()
+    tiles = bool(_row_wise.depth) and tile_gemm()
     rc = _lib.cg_attention(_TYPES[qkv.dtype], S, n_heads, n_kv, head_dim, start, k_cache.shape[2], window or 0,
                            q_scale, softcap or 0.0, eps, qkv.data_ptr(), _ptr(qk_scale), cos.contiguous().data_ptr(),
                            sin.contiguous().data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(),

@@ -126,9 +126,7 @@ static void attend_block(int H, int D, int64_t start, int window, float q_scale,
                                              exp_neg16(_mm512_sub_ps(_mm512_loadu_ps(s + c), m)));
             _mm512_storeu_si512((void *)(p + c), (__m512i)e);
             /* the sum of the rounded values, 16 keys at a time in order */
-            __m512i bits = (__m512i)e;
-            sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16)));
-            sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16)));
+            sum = _mm512_add_ps(_mm512_add_ps(sum, vld_bf16(p + c)), vld_bf16(p + c + 16));
         }
         inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
     }

@@ -343,8 +343,8 @@ static inline __attribute__((always_inline)) void unit_float_simd(int type, cons
         *w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16)));
     } else {
         const uint16_t *p = (const uint16_t *)row + u * 32;
-        *w0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-        *w1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 16))), 16));
+        *w0 = vld_bf16(p);
+        *w1 = vld_bf16(p + 16);
     }
 }
 

@@ -1,4 +1,4 @@
-/* Numerics shared by the native kernels (ops.c, gguf.c): bfloat16 as PyTorch converts it, and GeGLU's GELU. */
+/* Numerics shared by the native kernels (ops.c, gguf.c, gemm.c, attention.c): bfloat16 as PyTorch converts it, and GeGLU's GELU. */
 #ifndef CODEGEMMA_NUMERICS_H
 #define CODEGEMMA_NUMERICS_H
 
@@ -25,6 +25,11 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch
 }
 
 #ifdef __AVX512F__
+/* 16 bfloat16 values at p widened to float32 (exact) */
+static inline __m512 vld_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
 /* e^x for x <= 0 (softmax's shifted scores), 16 lanes: x = n ln2 + r, Cephes' polynomial for e^r, then
  * 2^n; under -87 (and -inf, a masked key) it gives 0 */
 static inline __m512 exp_neg16(__m512 x) {

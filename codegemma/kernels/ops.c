@@ -46,9 +46,6 @@ static inline void st(void *p, int t, size_t i, float v) {
  * share the loads of x and keep eight multiply-add chains in flight instead of two. */
 #ifdef __AVX512F__
 static inline __m512 vld_f32(const float *p) { return _mm512_loadu_ps(p); }
-static inline __m512 vld_bf16(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
 static inline __m512 vld_i8(const int8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
@@ -716,7 +713,7 @@ int cg_attention(int t, int S, int H, int KV, int D, int64_t start, int64_t max_
                 continue;
             }
 #ifdef __AVX512F__
-            if (t == T_F32 && D % 32 == 0 && D <= 256) { /* the same steps, 16 values a vector */
+            if (t == T_F32 && D % 32 == 0 && D <= 256) { /* the steps below, 16 values a vector */
                 prepare_f32(D, (const float *)qkv + o, qk_scale ? qk_scale + (size_t)j * D : NULL, eps,
                             (const float *)cos + (size_t)s * D, (const float *)sin + (size_t)s * D,
                             j < H ? q + ((size_t)s * H + j) * D : (float *)kcache + ((size_t)(j - H) * max_len + pos) * D);
