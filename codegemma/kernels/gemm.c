@@ -108,28 +108,40 @@ void cg_geglu(const float *y, int M, int64_t N, void *out, int bf16) { geglu(y, 
 
 #ifdef HAVE_TILE_GEMM
 /* weight rows [0, 32) of W times input groups g, g + 1 -> c[(2 a + b) * 256 + r * 16 + m]: weight row
- * 16 a + r, input row m of group g + b. Tiles: 0-1 weights, 2-3 inputs, 4-7 sums. */
-static void tile_block(const uint16_t *W, int K, const uint16_t *xp, int64_t g, float *c) {
+ * 16 a + r, input row m of group g + b. Tiles: 0-1 weights, 2-3 inputs, 4-7 sums. Without `second` (group
+ * g + 1 holds no input row: passes of 16 rows or fewer, a keystroke's one row) only group g's two products
+ * run; each sum is the same either way, as no tile product mixes input rows. */
+static void tile_block(const uint16_t *W, int K, const uint16_t *xp, int64_t g, int second, float *c) {
     int64_t steps = K / 32, bytes = 2 * (int64_t)K;
     const uint16_t *b0 = xp + g * 16 * (int64_t)K, *b1 = b0 + 16 * (int64_t)K;
     _tile_zero(4);
-    _tile_zero(5);
     _tile_zero(6);
-    _tile_zero(7);
-    for (int64_t s = 0; s < steps; s++) {
-        _tile_loadd(0, W + 32 * s, bytes);
-        _tile_loadd(1, W + 16 * (int64_t)K + 32 * s, bytes);
-        _tile_loadd(2, b0 + 512 * s, 64);
-        _tile_loadd(3, b1 + 512 * s, 64);
-        _tile_dpbf16ps(4, 0, 2);
-        _tile_dpbf16ps(5, 0, 3);
-        _tile_dpbf16ps(6, 1, 2);
-        _tile_dpbf16ps(7, 1, 3);
+    if (second) {
+        _tile_zero(5);
+        _tile_zero(7);
+        for (int64_t s = 0; s < steps; s++) {
+            _tile_loadd(0, W + 32 * s, bytes);
+            _tile_loadd(1, W + 16 * (int64_t)K + 32 * s, bytes);
+            _tile_loadd(2, b0 + 512 * s, 64);
+            _tile_loadd(3, b1 + 512 * s, 64);
+            _tile_dpbf16ps(4, 0, 2);
+            _tile_dpbf16ps(5, 0, 3);
+            _tile_dpbf16ps(6, 1, 2);
+            _tile_dpbf16ps(7, 1, 3);
+        }
+        _tile_stored(5, c + 256, 64);
+        _tile_stored(7, c + 768, 64);
+    } else {
+        for (int64_t s = 0; s < steps; s++) {
+            _tile_loadd(0, W + 32 * s, bytes);
+            _tile_loadd(1, W + 16 * (int64_t)K + 32 * s, bytes);
+            _tile_loadd(2, b0 + 512 * s, 64);
+            _tile_dpbf16ps(4, 0, 2);
+            _tile_dpbf16ps(6, 1, 2);
+        }
     }
     _tile_stored(4, c, 64);
-    _tile_stored(5, c + 256, 64);
     _tile_stored(6, c + 512, 64);
-    _tile_stored(7, c + 768, 64);
 }
 
 /* the sums of weight rows [n, n + rows) (rows <= 32) into y: float32 (f32), or rounded to bfloat16 (nearest
@@ -139,7 +151,7 @@ static void write_block(const float *c, int64_t g, int64_t M, int64_t n, int row
     for (int a = 0; 16 * a < rows; a++) {
         int valid = rows - 16 * a < 16 ? rows - 16 * a : 16;
         __mmask16 keep = (__mmask16)((1u << valid) - 1);
-        for (int b = 0; b < 2; b++) {
+        for (int b = 0; b < 2 && 16 * (g + b) < M; b++) { /* a group past M: nothing to write */
             __m512 r[16];
             const float *tile = c + (2 * a + b) * 256;
             for (int i = 0; i < 16; i++) r[i] = _mm512_load_ps(tile + 16 * i);
@@ -203,7 +215,7 @@ static int gemm(const uint16_t *xp, int64_t M, int K, const void *W, int type, i
                 memcpy(buf, (const uint16_t *)W + n * K, (size_t)rows * K * 2);
             if (rows < 32) memset(buf + (size_t)rows * K, 0, (size_t)(32 - rows) * K * 2);
             for (int64_t g = 0; g < groups && !bad; g += 2) {
-                tile_block(w, K, xp, g, c);
+                tile_block(w, K, xp, g, 16 * (g + 1) < M, c);
                 write_block(c, g, M, n, rows, y, f32, ldy);
             }
         }
