@@ -34,7 +34,7 @@ class RMSNorm(nn.Module):
         self.scale = 1.0 + self.weight.detach().float()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.scale is not None and kernels.active(x):
+        if self.scale is not None and kernels.norms(x):
             return kernels.add_norm(x, None, None, self.scale, self.eps)[1]
         # Gemma normalises in float32 and scales by (1 + w), w stored zero-centred; cast back at the end.
         scale = self.scale if self.scale is not None else 1.0 + self.weight.float()
@@ -70,7 +70,7 @@ def many(linear: nn.Module, xs: list[Tensor], glu: bool = False) -> list[Tensor]
 def add_norm(x: Tensor, h: Tensor, post: RMSNorm | None, out: RMSNorm | None) -> tuple[Tensor, Tensor | None]:
     """Gemma's residual step: x + post(h), and out() of that for the next block (post/out None: skipped).
     One native call when the kernels take it, instead of up to ten small operations."""
-    if (post is None or post.scale is not None) and (out is None or out.scale is not None) and kernels.active(x):
+    if (post is None or post.scale is not None) and (out is None or out.scale is not None) and kernels.norms(x):
         eps = (post or out).eps if (post or out) else 0.0
         return kernels.add_norm(x, h, post.scale if post else None, out.scale if out else None, eps)
     x = x + (post(h) if post is not None else h)

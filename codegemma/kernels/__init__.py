@@ -243,6 +243,14 @@ def active(x: Tensor) -> bool:
             and x.device.type == "cpu" and not _row_wise.depth and available())
 
 
+def norms(x: Tensor) -> bool:
+    """Whether the native residual norms (`add_norm`) take this activation [..., D]: float32 or bfloat16 on
+    the CPU, any number of rows, in a `row_wise` pass too (each row is computed on its own); not where a
+    gradient must flow through them (adapter training)."""
+    return (not _disabled and x.dtype in (torch.float32, torch.bfloat16) and x.device.type == "cpu"
+            and not x.requires_grad and available())
+
+
 @functools.cache  # asked on every prefill product; the CPU does not change
 def slow_bf16_gemm() -> bool:
     """True on CPUs without AVX-512 BF16 / AMX, where PyTorch's bf16 matrix-matrix product runs ~3x slower

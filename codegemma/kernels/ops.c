@@ -455,43 +455,78 @@ done:
     return failed ? -1 : 0;
 }
 
+/* the sum of squares of v[0..D): 16 lanes, then their sum (one order for every row, whatever the number of
+ * rows; the prefill passes' norms go through here too, so a row is the same in any pass) */
+static inline float sum_squares(const float *v, int D) {
+    int d = 0;
+    float s = 0.0f;
+#ifdef __AVX512F__
+    __m512 acc = _mm512_setzero_ps();
+    for (; d + 16 <= D; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(v + d), _mm512_loadu_ps(v + d), acc);
+    s = _mm512_reduce_add_ps(acc);
+#endif
+    for (; d < D; d++) s += v[d] * v[d];
+    return s;
+}
+
+/* one row of cg_add_norm; row and hr: D floats of scratch. The row's inputs are read before anything is
+ * written, so x_out may be x and y may be h. */
+static void add_norm_row(int t, int D, float eps, const void *x, const void *h, const float *post_scale,
+                         const float *out_scale, void *x_out, void *y, float *row, float *hr) {
+    for (int d = 0; d < D; d++) row[d] = ld(x, t, d);
+    if (h) {
+        for (int d = 0; d < D; d++) hr[d] = ld(h, t, d);
+        float r = post_scale ? 1.0f / sqrtf(sum_squares(hr, D) / D + eps) : 1.0f;
+        int d = 0;
+#ifdef __AVX512F__
+        if (t == T_F32 && post_scale) /* the scalar loop's operations, in its order, 16 at a time */
+            for (__m512 vr = _mm512_set1_ps(r); d + 16 <= D; d += 16)
+                _mm512_storeu_ps(row + d, _mm512_add_ps(_mm512_loadu_ps(row + d),
+                                                        _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(hr + d), vr),
+                                                                      _mm512_loadu_ps(post_scale + d))));
+#endif
+        for (; d < D; d++) row[d] = rnd(row[d] + (post_scale ? rnd(hr[d] * r * post_scale[d], t) : hr[d]), t);
+    }
+    if (x_out)
+        for (int d = 0; d < D; d++) st(x_out, t, d, row[d]);
+    if (out_scale) {
+        float r = 1.0f / sqrtf(sum_squares(row, D) / D + eps);
+        int d = 0;
+#ifdef __AVX512F__
+        if (t == T_F32)
+            for (__m512 vr = _mm512_set1_ps(r); d + 16 <= D; d += 16)
+                _mm512_storeu_ps((float *)y + d, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(row + d), vr),
+                                                               _mm512_loadu_ps(out_scale + d)));
+#endif
+        for (; d < D; d++) st(y, t, d, row[d] * r * out_scale[d]);
+    }
+}
+
 /* Gemma's residual step over M rows of width D in type t: x_out = x + post(h), where post is an RMSNorm
  * with scale post_scale (identity when NULL; h NULL: x_out = x), then y = RMSNorm(x_out) with scale
- * out_scale (skipped when NULL). Norms compute in float32 and round once, like the PyTorch path.
- * Returns -1 when out of memory. */
+ * out_scale (skipped when NULL). Norms compute in float32 and round once, like the PyTorch path. Each row
+ * on its own (both threads take rows of a prefill pass). Returns -1 when out of memory. */
 int cg_add_norm(int t, int M, int D, float eps, const void *x, const void *h, const float *post_scale,
                 const float *out_scale, void *x_out, void *y) {
-    float *row = (float *)malloc(sizeof(float) * D);
-    if (!row) return -1;
-    for (int m = 0; m < M; m++) {
-        size_t o = (size_t)m * D;
-        for (int d = 0; d < D; d++) row[d] = ld(x, t, o + d);
-        if (h) {
-            float r = 1.0f;
-            if (post_scale) {
-                float ss = 0.0f;
-                for (int d = 0; d < D; d++) {
-                    float v = ld(h, t, o + d);
-                    ss += v * v;
-                }
-                r = 1.0f / sqrtf(ss / D + eps);
-            }
-            for (int d = 0; d < D; d++) {
-                float v = ld(h, t, o + d);
-                row[d] = rnd(row[d] + (post_scale ? rnd(v * r * post_scale[d], t) : v), t);
-            }
+    size_t bytes = t == T_F32 ? 4 : 2;
+    int failed = 0;
+#pragma omp parallel if (M >= 8)
+    {
+        float *row = (float *)malloc(sizeof(float) * 2 * (size_t)D);
+        if (!row) {
+#pragma omp atomic write
+            failed = 1;
         }
-        if (x_out)
-            for (int d = 0; d < D; d++) st(x_out, t, o + d, row[d]);
-        if (out_scale) {
-            float ss = 0.0f;
-            for (int d = 0; d < D; d++) ss += row[d] * row[d];
-            float r = 1.0f / sqrtf(ss / D + eps);
-            for (int d = 0; d < D; d++) st(y, t, o + d, row[d] * r * out_scale[d]);
+#pragma omp for schedule(static)
+        for (int m = 0; m < M; m++) {
+            if (!row) continue;
+            size_t o = (size_t)m * D * bytes;
+            add_norm_row(t, D, eps, (const char *)x + o, h ? (const char *)h + o : NULL, post_scale, out_scale,
+                         x_out ? (char *)x_out + o : NULL, y ? (char *)y + o : NULL, row, row + D);
         }
+        free(row);
     }
-    free(row);
-    return 0;
+    return failed ? -1 : 0;
 }
 
 /* acc[0..D) += a * v[0..D) with v in type t */

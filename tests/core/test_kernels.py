@@ -82,15 +82,17 @@ def test_glu_matches_torch_geglu():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_residual_norm_matches_torch(dtype):
+def test_residual_norm_matches_torch_and_rows_stand_alone(dtype):
+    """The native residual norm against PyTorch's, over a prefill-sized pass (both threads take rows), and
+    each row bit for bit what it is alone (prefill passes of any size go through it)."""
     from codegemma.model import RMSNorm, add_norm
 
     gen = torch.Generator().manual_seed(0)
-    post, out = RMSNorm(48, 1e-6), RMSNorm(48, 1e-6)
+    post, out = RMSNorm(56, 1e-6), RMSNorm(56, 1e-6)  # 3 vectors of 16 and a scalar tail
     for n in (post, out):
-        n.weight.data = torch.randn(48, generator=gen) * 0.1
+        n.weight.data = torch.randn(56, generator=gen) * 0.1
         n.freeze()
-    x, h = (torch.randn(1, 2, 48, generator=gen).to(dtype) for _ in range(2))
+    x, h = (torch.randn(1, 37, 56, generator=gen).to(dtype) for _ in range(2))
     for p, o in [(post, out), (None, out), (post, None), (None, None)]:
         got = add_norm(x, h, p, o)
         with kernels.disabled():
@@ -99,6 +101,10 @@ def test_residual_norm_matches_torch(dtype):
         assert (got[1] is None) == (want[1] is None)
         if got[1] is not None:
             _close(got[1], want[1], 1e-5 if dtype == torch.float32 else 1e-2)
+        for i in (0, 17, 36):
+            alone = add_norm(x[:, i:i + 1], h[:, i:i + 1], p, o)
+            assert torch.equal(alone[0], got[0][:, i:i + 1])
+            assert got[1] is None or torch.equal(alone[1], got[1][:, i:i + 1])
 
 
 @pytest.mark.parametrize("head_dim", [16, 128, 256])
