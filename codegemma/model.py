@@ -387,9 +387,10 @@ class Transformer(nn.Module):
                     should_stop: Callable[[], bool] | None = None) -> Tensor | None:
         """hidden() of tokens [1, S] at start.. computing each row as it would be alone, for a model whose
         products compute rows apart (`rows_apart`): all the rows through each layer as one tensor, the
-        products on tiles, PyTorch's norms and the native attention a row at a time, however few rows there
-        are (kernels.row_wise). A position's KV is then the same whichever pass computed it, so a prefill may
-        start after any cached prefix. None when `should_stop` (polled between layers) asked to stop."""
+        products on tiles, the native residual norms and the native attention a row at a time, however few
+        rows there are (kernels.row_wise). A position's KV is then the same whichever pass computed it, so a
+        prefill may start after any cached prefix. None when `should_stop` (polled between layers) asked to
+        stop."""
         with kernels.row_wise():
             out = self._layers([self.embed(tokens)], start, slot, should_stop)
         return None if out is None else out[-1]
