@@ -222,8 +222,8 @@ def row_wise() -> Iterator[None]:
     """In this thread, run every operation on the path whose result for a row does not depend on the other
     rows of the call, however few they are: the many-row products (the tile products, where
     `Transformer.rows_apart`), the native residual norms (`norms`: every row alone in any pass) and the
-    native attention, a row at a time (`row_wise_attention`). A prefill pass so computed gives every position the same KV whatever pass it
-    was in, so prefill may start after any reused prefix."""
+    native attention, a row at a time (`row_wise_attention`). A prefill pass so computed gives every
+    position the same KV whatever pass it was in, so prefill may start after any reused prefix."""
     _row_wise.depth += 1
     try:
         yield
