@@ -42,6 +42,8 @@ _TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
 _error = ""
 _disabled = 0
+
+
 class _Depth(threading.local):
     depth = 0
 

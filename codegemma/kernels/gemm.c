@@ -115,33 +115,25 @@ static void tile_block(const uint16_t *W, int K, const uint16_t *xp, int64_t g, 
     int64_t steps = K / 32, bytes = 2 * (int64_t)K;
     const uint16_t *b0 = xp + g * 16 * (int64_t)K, *b1 = b0 + 16 * (int64_t)K;
     _tile_zero(4);
+    _tile_zero(5);
     _tile_zero(6);
-    if (second) {
-        _tile_zero(5);
-        _tile_zero(7);
-        for (int64_t s = 0; s < steps; s++) {
-            _tile_loadd(0, W + 32 * s, bytes);
-            _tile_loadd(1, W + 16 * (int64_t)K + 32 * s, bytes);
-            _tile_loadd(2, b0 + 512 * s, 64);
+    _tile_zero(7);
+    for (int64_t s = 0; s < steps; s++) { /* `second` is the same every step: the compiler unswitches it */
+        _tile_loadd(0, W + 32 * s, bytes);
+        _tile_loadd(1, W + 16 * (int64_t)K + 32 * s, bytes);
+        _tile_loadd(2, b0 + 512 * s, 64);
+        _tile_dpbf16ps(4, 0, 2);
+        _tile_dpbf16ps(6, 1, 2);
+        if (second) {
             _tile_loadd(3, b1 + 512 * s, 64);
-            _tile_dpbf16ps(4, 0, 2);
             _tile_dpbf16ps(5, 0, 3);
-            _tile_dpbf16ps(6, 1, 2);
             _tile_dpbf16ps(7, 1, 3);
-        }
-        _tile_stored(5, c + 256, 64);
-        _tile_stored(7, c + 768, 64);
-    } else {
-        for (int64_t s = 0; s < steps; s++) {
-            _tile_loadd(0, W + 32 * s, bytes);
-            _tile_loadd(1, W + 16 * (int64_t)K + 32 * s, bytes);
-            _tile_loadd(2, b0 + 512 * s, 64);
-            _tile_dpbf16ps(4, 0, 2);
-            _tile_dpbf16ps(6, 1, 2);
         }
     }
     _tile_stored(4, c, 64);
+    _tile_stored(5, c + 256, 64);
     _tile_stored(6, c + 512, 64);
+    _tile_stored(7, c + 768, 64);
 }
 
 /* the sums of weight rows [n, n + rows) (rows <= 32) into y: float32 (f32), or rounded to bfloat16 (nearest

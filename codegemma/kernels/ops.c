@@ -711,10 +711,8 @@ static inline void prepare_f32(int D, const float *x, const float *qk_scale, flo
     __m512 v[16];
     int n = D / 16;
     for (int c = 0; c < n; c++) v[c] = _mm512_loadu_ps(x + 16 * c);
-    if (qk_scale) {
-        __m512 ss = _mm512_setzero_ps();
-        for (int c = 0; c < n; c++) ss = _mm512_fmadd_ps(v[c], v[c], ss);
-        __m512 r = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(ss) / D + eps));
+    if (qk_scale) { /* the residual norms' sum of squares */
+        __m512 r = _mm512_set1_ps(1.0f / sqrtf(sum_squares(x, D) / D + eps));
         for (int c = 0; c < n; c++) v[c] = _mm512_mul_ps(_mm512_mul_ps(v[c], r), _mm512_loadu_ps(qk_scale + 16 * c));
     }
     for (int c = 0; c < n; c++)
