@@ -106,12 +106,7 @@ static void attend_block(int H, int D, int64_t start, int window, float q_scale,
         __m512 mx = _mm512_set1_ps(-INFINITY);
         for (int64_t c = 0; c < width; c += 16) {
             __m512 v = _mm512_mul_ps(_mm512_loadu_ps(s + c), _mm512_set1_ps(q_scale));
-            if (softcap > 0.0f) {
-                float t[16];
-                _mm512_storeu_ps(t, v);
-                for (int j = 0; j < 16; j++) t[j] = tanhf(t[j] / softcap) * softcap;
-                v = _mm512_loadu_ps(t);
-            }
+            v = softcap16(v, softcap);
             int64_t k = klo + c; /* keys k .. k + 15 */
             int j0 = lo > k ? (int)(lo - k < 16 ? lo - k : 16) : 0, j1 = pos + 1 - k < 16 ? (int)(pos + 1 - k) : 16;
             if (j1 < 0) j1 = 0;

@@ -30,6 +30,16 @@ static inline __m512 vld_bf16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
+/* Gemma 2's capped attention scores, 16 lanes: tanh(s / cap) * cap with libm's tanhf, as the scalar
+ * path computes it (unchanged when cap <= 0: no cap) */
+static inline __m512 softcap16(__m512 s, float cap) {
+    if (cap <= 0.0f) return s;
+    float t[16];
+    _mm512_storeu_ps(t, s);
+    for (int j = 0; j < 16; j++) t[j] = tanhf(t[j] / cap) * cap;
+    return _mm512_loadu_ps(t);
+}
+
 /* e^x for x <= 0 (softmax's shifted scores), 16 lanes: x = n ln2 + r, Cephes' polynomial for e^r, then
  * 2^n; under -87 (and -inf, a masked key) it gives 0 */
 static inline __m512 exp_neg16(__m512 x) {

@@ -591,12 +591,7 @@ static inline __attribute__((always_inline)) void attend_f32(const float *const 
         __mmask16 valid = (__mmask16)(((1u << j1) - 1) & ~((1u << j0) - 1));
         for (int g = 0; g < G; g++) {
             __m512 s = _mm512_mul_ps(dots16_f32(q[g], rows, D), _mm512_set1_ps(q_scale));
-            if (softcap > 0.0f) {
-                float t[16];
-                _mm512_storeu_ps(t, s);
-                for (int j = 0; j < 16; j++) t[j] = tanhf(t[j] / softcap) * softcap;
-                s = _mm512_loadu_ps(t);
-            }
+            s = softcap16(s, softcap);
             s = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), valid, s);
             mx[g] = _mm512_max_ps(mx[g], s);
             _mm512_storeu_ps(p + (size_t)g * n + (c - c0) * 16, s);
